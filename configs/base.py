@@ -1,0 +1,75 @@
+"""Defaults shared by every config. Other configs start from `get_config()` here.
+
+Every field is read by the code; none has a hidden default elsewhere.
+"""
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, allowed: dict) -> dict:
+  """Parses a config argument like 'method=mlb,smoke' against `allowed` defaults.
+
+  `allowed` maps each key to its default; a bare word `k` sets boolean key k.
+  An unknown key raises ValueError naming it.
+  """
+  out = dict(allowed)
+  for part in filter(None, (arg or '').split(',')):
+    key, _, value = part.partition('=')
+    if key not in allowed:
+      raise ValueError(f"unknown config argument '{key}' in '{arg}'; expected keys {sorted(allowed)}")
+    out[key] = (value if value else True) if not isinstance(allowed[key], bool) else (value in ('', 'true', 'True', '1'))
+  return out
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = 'mlb'          # joint | multiloss | mlb
+  c.seed = 0                # parameter init, data order, dropout
+  c.modalities = ()         # () = every modality the dataset has, in its order
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'synthetic'         # a key of data_pipelines.PIPELINES
+  c.data.batch_size = 64
+  c.data.eval_batch_size = 256
+
+  c.model = ml_collections.ConfigDict()
+  c.model.encoder = 'auto'          # default encoder: auto (by input rank) | mlp | conv | frames
+  c.model.encoders = ml_collections.ConfigDict()  # per-modality override, e.g. {'video': 'frames'}
+  c.model.fusion = 'late_linear'    # late_linear | mid_mlp
+  c.model.features = 128            # encoder output width D
+  c.model.mlp_hidden = (256,)
+  c.model.conv_widths = (16, 32, 64)
+  c.model.mid_hidden = 64           # Mid-MLP inner width (authors: 64)
+  c.model.dropout = 0.1             # Mid-MLP dropout (authors: 0.1)
+
+  # Eq. 3: fused * CE(fused) + sum_i w_i * CE(unimodal_i); w_i = per_modality[i] or unimodal.
+  c.loss = ml_collections.ConfigDict()
+  c.loss.fused = 1.0
+  c.loss.unimodal = 1.0
+  c.loss.per_modality = ml_collections.ConfigDict()
+
+  c.balancing = ml_collections.ConfigDict()
+  c.balancing.score = 'probability'   # probability (authors' code) | correct (Eq. 4 literally)
+  c.balancing.apply_to = 'gradients'  # gradients (authors' code) | updates (Eq. 2's lr reading)
+  c.balancing.alpha = 0.8
+  c.balancing.beta_max = 2.0          # 2.0 = every released config of the authors
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'adam'           # adam | sgd, both with coupled L2 weight decay
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-7              # the authors' Adam eps
+  c.optimizer.momentum = 0.9          # sgd only
+  c.optimizer.schedule = 'constant'   # constant | cosine_restarts (the authors')
+  c.optimizer.warmup_steps = 0        # cosine_restarts: constant lr before the cosine
+  c.optimizer.restart_period = 4      # cosine_restarts: T_0 in optimizer steps
+  c.optimizer.restart_mult = 2        # cosine_restarts: T_mult
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 1000
+  c.train.eval_every = 200            # validate (and checkpoint) every N steps and at the end
+  c.train.log_every = 50
+  c.train.ece_bins = 15
+  return c

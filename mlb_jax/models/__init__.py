@@ -1,0 +1,56 @@
+"""Models: encoders, fusion heads and the multimodal classifier.
+
+`ENCODERS` and `FUSIONS` map config names to module classes; `build_model` turns
+`config.model` plus the dataset's modality shapes into a `MultimodalClassifier`.
+"""
+
+import functools
+from typing import Mapping
+
+from mlb_jax.models.encoders import (ConvEncoder, FramesEncoder, MLPEncoder,
+                                     auto_encoder_name)
+from mlb_jax.models.fusion import LateLinearFusion, MidMLPFusion
+from mlb_jax.models.multimodal import ModelOutput, MultimodalClassifier
+
+ENCODERS = {
+    'mlp': lambda cfg: functools.partial(MLPEncoder, hidden=tuple(cfg.mlp_hidden), features=cfg.features),
+    'conv': lambda cfg: functools.partial(ConvEncoder, widths=tuple(cfg.conv_widths), features=cfg.features),
+    'frames': lambda cfg: functools.partial(FramesEncoder, widths=tuple(cfg.conv_widths), features=cfg.features),
+}
+
+FUSIONS = {
+    'late_linear': lambda cfg, modalities, num_classes: functools.partial(
+        LateLinearFusion, modalities=tuple(modalities), num_classes=num_classes),
+    'mid_mlp': lambda cfg, modalities, num_classes: functools.partial(
+        MidMLPFusion, modalities=tuple(modalities), num_classes=num_classes,
+        hidden=cfg.mid_hidden, dropout=cfg.dropout),
+}
+
+
+def encoder_names(model_cfg, sample_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, str]:
+  """{modality: encoder name}: `config.model.encoders[m]` if set, else
+  `config.model.encoder`; 'auto' picks by the per-sample shape."""
+  unknown = set(model_cfg.encoders) - set(sample_shapes)
+  if unknown:
+    raise ValueError(f'config.model.encoders names unknown modalities {sorted(unknown)}; '
+                     f'modalities are {list(sample_shapes)}')
+  names = {}
+  for m, shape in sample_shapes.items():
+    name = model_cfg.encoders[m] if m in model_cfg.encoders else model_cfg.encoder
+    name = auto_encoder_name(shape) if name == 'auto' else name
+    if name not in ENCODERS:
+      raise ValueError(f"unknown encoder '{name}' for modality '{m}'; expected 'auto' or one of {sorted(ENCODERS)}")
+    names[m] = name
+  return names
+
+
+def build_model(model_cfg, modalities, sample_shapes, num_classes: int) -> MultimodalClassifier:
+  """The classifier for `modalities` (config order) with per-sample `sample_shapes`."""
+  if model_cfg.fusion not in FUSIONS:
+    raise ValueError(f"unknown model.fusion '{model_cfg.fusion}'; expected one of {sorted(FUSIONS)}")
+  names = encoder_names(model_cfg, {m: sample_shapes[m] for m in modalities})
+  return MultimodalClassifier(
+      modalities=tuple(modalities),
+      encoders={m: ENCODERS[names[m]](model_cfg) for m in modalities},
+      fusion=FUSIONS[model_cfg.fusion](model_cfg, modalities, num_classes),
+      num_classes=num_classes)

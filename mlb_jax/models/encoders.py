@@ -1,0 +1,85 @@
+"""Small encoders for the embedded benchmark and for bring-your-own arrays.
+
+Every encoder maps one modality's batch to a feature vector [B, D]:
+  * `MLPEncoder`    any per-sample shape, flattened (feature vectors);
+  * `ConvEncoder`   [B, H, W] (spectrogram, a channel is added) or [B, H, W, C];
+  * `FramesEncoder` [B, T, H, W, C]: the same 2-D conv stack on every frame, then
+    one mean over all frames and positions jointly (the authors' temporal pooling
+    for the visual ResNet, METHODS.md §4.1).
+The paper's ResNet-18 and Conformer encoders live in their own modules.
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class MLPEncoder(nn.Module):
+  """Attributes: hidden: widths of the hidden layers; features: output width D."""
+  hidden: Sequence[int] = (256,)
+  features: int = 128
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    del train
+    x = x.reshape(x.shape[0], -1).astype(jnp.float32)
+    for width in self.hidden:
+      x = nn.relu(nn.Dense(width)(x))
+    return nn.relu(nn.Dense(self.features)(x))
+
+
+class ConvStack(nn.Module):
+  """3x3 convs with stride 2, BatchNorm and ReLU; returns the last feature map."""
+  widths: Sequence[int] = (16, 32, 64)
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    for width in self.widths:
+      x = nn.Conv(width, (3, 3), strides=(2, 2), use_bias=False)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+      x = nn.relu(x)
+    return x
+
+
+class ConvEncoder(nn.Module):
+  """Attributes: widths: conv widths; features: output width D."""
+  widths: Sequence[int] = (16, 32, 64)
+  features: int = 128
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    x = x.astype(jnp.float32)
+    if x.ndim == 3:
+      x = x[..., None]
+    if x.ndim != 4:
+      raise ValueError(f'ConvEncoder expects [B, H, W] or [B, H, W, C], got shape {x.shape}')
+    x = ConvStack(self.widths)(x, train=train)
+    return nn.relu(nn.Dense(self.features)(jnp.mean(x, axis=(1, 2))))
+
+
+class FramesEncoder(nn.Module):
+  """Attributes: widths: conv widths; features: output width D."""
+  widths: Sequence[int] = (16, 32, 64)
+  features: int = 128
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    if x.ndim != 5:
+      raise ValueError(f'FramesEncoder expects [B, T, H, W, C], got shape {x.shape}')
+    b, t = x.shape[:2]
+    maps = ConvStack(self.widths)(x.reshape((b * t,) + x.shape[2:]).astype(jnp.float32), train=train)
+    pooled = jnp.mean(maps.reshape(b, -1, maps.shape[-1]), axis=1)
+    return nn.relu(nn.Dense(self.features)(pooled))
+
+
+def auto_encoder_name(sample_shape: tuple[int, ...]) -> str:
+  """The encoder that fits one sample's shape (without the batch axis)."""
+  rank = len(sample_shape)
+  if rank == 1:
+    return 'mlp'
+  if rank in (2, 3):
+    return 'conv'
+  if rank == 4:
+    return 'frames'
+  raise ValueError(f'no encoder for per-sample shape {sample_shape}: expected rank 1 to 4')

@@ -1,0 +1,96 @@
+"""Pure train and eval steps.
+
+`train_step(state, batch, *, model, tx, method, loss_weights)` is jitted once by
+`make_train_step` with the static pieces bound; everything that changes per
+step (the coefficients k_i, the step counter, rngs) is an array, so nothing
+retraces.
+
+Order within a step (as the authors' code, METHODS.md §1): one train-mode
+forward pass, the multi-loss (Eq. 3) and its gradient; the method's
+coefficients from the stop-gradient unimodal logits of this batch; then the
+optimizer with `modality_scales` = k.
+"""
+
+import functools
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mlb_jax.balancing import Method, StepInputs
+from mlb_jax.losses import FUSED, multi_loss
+from mlb_jax.train_state import TrainState
+
+
+def _global_norm(tree) -> jax.Array:
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.zeros((), jnp.float32)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model, tx, method: Method,
+               loss_weights: Mapping[str, float]) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update.
+
+  Args:
+    state: the current `TrainState`.
+    batch: {<modality>: [B, ...], 'label': int [B]}.
+    model: `MultimodalClassifier`.
+    tx: optimizer accepting `modality_scales` (see `mlb_jax.optim`).
+    method: the training method.
+    loss_weights: {head: weight} for Eq. 3.
+
+  Returns:
+    (new state, flat metrics dict of float32 scalars).
+  """
+  labels = batch['label']
+  step_rng = jax.random.fold_in(state.rng, state.step)
+  dropout_rng, method_rng = jax.random.split(step_rng)
+
+  def loss_fn(params):
+    out, new_vars = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, batch, train=True,
+        detach_unimodal=method.detach_unimodal, rngs={'dropout': dropout_rng},
+        mutable=['batch_stats'])
+    total, per_head = multi_loss(out.logits, labels, loss_weights)
+    return total, (out.logits, new_vars.get('batch_stats', {}), per_head)
+
+  (total, (logits, batch_stats, per_head)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+
+  unimodal = jax.lax.stop_gradient({m: logits[m] for m in model.modalities})
+  scales, balance_state, balance_metrics = method.coefficients(
+      StepInputs(unimodal, labels, state.step, method_rng), state.balance_state)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params, modality_scales=scales)
+  params = optax.apply_updates(state.params, updates)
+
+  metrics = {'loss': total, **per_head, **balance_metrics}
+  for head, z in logits.items():
+    metrics[f'acc_{head}'] = jnp.mean(jnp.argmax(z, -1) == labels).astype(jnp.float32)
+  for key, sub in grads.items():
+    metrics[f'grad_norm_{key}'] = _global_norm(sub)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state, balance_state=balance_state)
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: Mapping[str, jax.Array], *, model) -> dict[str, jax.Array]:
+  """Inference-mode logits of every head: {'fused': [B, C], <modality>: [B, C]}."""
+  out = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, batch, train=False)
+  return out.logits
+
+
+def make_train_step(*, model, tx, method: Method, loss_weights, donate: bool = True):
+  """`train_step` with its static pieces bound, jitted once."""
+  fn = functools.partial(train_step, model=model, tx=tx, method=method,
+                         loss_weights=dict(loss_weights))
+  return jax.jit(fn, donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(*, model):
+  return jax.jit(functools.partial(eval_step, model=model))
+
+
+__all__ = ['train_step', 'eval_step', 'make_train_step', 'make_eval_step', 'FUSED']

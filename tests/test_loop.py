@@ -1,0 +1,109 @@
+"""Configs build, smoke variants train, results.json has its documented shape, bad input fails early."""
+
+import glob
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs import arrays as arrays_config
+from configs import base
+from configs import synthetic as synthetic_module
+from mlb_jax import loop
+from tests.test_data import write_npz
+
+CONFIG_FILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), '..', 'configs', '*.py')))
+
+
+def synthetic_config(arg):
+  return synthetic_module.get_config(arg)
+
+
+def load_config_module(path):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize('path', [p for p in CONFIG_FILES if not p.endswith('base.py')],
+                         ids=os.path.basename)
+def test_every_config_builds_with_its_smoke_variant(path):
+  module = load_config_module(path)
+  full = module.get_config()
+  smoke = module.get_config('smoke')
+  assert full.method in ('joint', 'multiloss', 'mlb')
+  assert smoke.train.num_steps <= 5
+
+
+def test_parse_arg_rejects_unknown_keys():
+  assert base.parse_arg('method=joint,smoke', {'method': 'mlb', 'smoke': False}) == {
+      'method': 'joint', 'smoke': True}
+  with pytest.raises(ValueError, match="unknown config argument 'metod'"):
+    base.parse_arg('metod=joint', {'method': 'mlb'})
+
+
+def check_results(results, modalities):
+  assert set(results) >= {'method', 'best_step', 'test', 'config'}
+  assert set(results['test']) == {'fused', *modalities}
+  for head in results['test'].values():
+    assert 0.0 <= head['accuracy'] <= 1.0
+  assert 0.0 <= results['test']['fused']['ece'] <= 1.0
+
+
+@pytest.mark.parametrize('method', ['joint', 'multiloss', 'mlb'])
+def test_synthetic_smoke_trains_two_steps_and_writes_results(tmp_path, method):
+  config = synthetic_config(f'method={method},smoke')
+  results = loop.train_and_evaluate(config, str(tmp_path / 'w'))
+  check_results(results, ('audio', 'video'))
+  on_disk = json.load(open(tmp_path / 'w' / 'results.json'))
+  assert on_disk['method'] == method and on_disk['best_step'] == results['best_step']
+  assert on_disk['config']['method'] == method
+
+
+def test_arrays_three_modalities_train(tmp_path):
+  path = write_npz(tmp_path / 'three.npz', n=60)
+  config = arrays_config.get_config('method=mlb,smoke')
+  config.data.path = path
+  results = loop.train_and_evaluate(config, str(tmp_path / 'w'))
+  check_results(results, ('audio', 'video', 'text'))
+
+
+def test_training_resumes_from_the_last_checkpoint(tmp_path):
+  config = synthetic_config('smoke')
+  config.train.num_steps = 4
+  straight = loop.train_and_evaluate(config, str(tmp_path / 'a'))
+  config.train.num_steps = 2
+  loop.train_and_evaluate(config, str(tmp_path / 'b'))
+  config.train.num_steps = 4
+  resumed = loop.train_and_evaluate(config, str(tmp_path / 'b'))
+  assert resumed['best_step'] == straight['best_step']
+  for head, d in straight['test'].items():
+    np.testing.assert_allclose(resumed['test'][head]['loss'], d['loss'], rtol=1e-5)
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('method', 'nope', "unknown method 'nope'"),
+    ('modalities', ('audio', 'text'), r"names \['text'\]"),
+    ('model.fusion', 'nope', "unknown model.fusion 'nope'"),
+    ('model.encoder', 'nope', "unknown encoder 'nope'"),
+    ('balancing.apply_to', 'params', "unknown balancing.apply_to 'params'"),
+    ('balancing.score', 'nope', "unknown balancing.score 'nope'"),
+    ('optimizer.name', 'rmsprop', "unknown optimizer.name 'rmsprop'"),
+    ('data.name', 'nope', "unknown data.name 'nope'"),
+])
+def test_bad_config_fails_before_training(field, value, message):
+  config = synthetic_config('smoke')
+  if field == 'model.encoder':
+    config.model.encoders = {}
+  section, _, key = field.rpartition('.')
+  (config[section] if section else config)[key] = value
+  with pytest.raises(ValueError, match=message):
+    loop.build(config)
+
+
+def test_missing_workdir_parent(tmp_path):
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    loop.check_workdir(str(tmp_path / 'no' / 'such' / 'w'))
