@@ -37,6 +37,8 @@ def main(argv):
   logging.get_absl_handler().addFilter(_LibraryInfoFilter())
   from mlb_jax import loop  # after flag parsing: absl flags must be parsed for Grain
 
+  if not flags.FLAGS['workdir'].present:  # the default lives under ./workdirs, created on demand
+    os.makedirs(os.path.dirname(_WORKDIR.value), exist_ok=True)
   try:
     config = _CONFIG.value
     if _MODE.value == 'train':

@@ -35,12 +35,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.encoder = 'auto'          # default encoder: auto (by input rank) | mlp | conv | frames
   c.model.encoders = ml_collections.ConfigDict()  # per-modality override, e.g. {'video': 'frames'}
-  c.model.fusion = 'late_linear'    # late_linear | mid_mlp
+  c.model.fusion = 'late_linear'    # late_linear | mid_mlp | mmcosine
   c.model.features = 128            # encoder output width D
   c.model.mlp_hidden = (256,)
   c.model.conv_widths = (16, 32, 64)
   c.model.mid_hidden = 64           # Mid-MLP inner width (authors: 64)
   c.model.dropout = 0.1             # Mid-MLP dropout (authors: 0.1)
+  c.model.mmcosine_scale = 10.0     # MMCosine logit scale s (authors: 10)
 
   # Eq. 3: fused * CE(fused) + sum_i w_i * CE(unimodal_i); w_i = per_modality[i] or unimodal.
   c.loss = ml_collections.ConfigDict()
@@ -70,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 1000
   c.train.eval_every = 200            # validate (and checkpoint) every N steps and at the end
+  c.train.select_head = 'fused'       # the best checkpoint maximises this head's val accuracy
   c.train.log_every = 50
   c.train.ece_bins = 15
   return c

@@ -52,6 +52,7 @@ def get_config(arg=None):
     c.loss.fused = 0.0
     c.loss.unimodal = 0.0
     c.loss.per_modality = {args['unimodal']: 1.0}
+    c.train.select_head = args['unimodal']
 
   c.train.num_steps = 800             # ~53 epochs of 15 batches
   c.train.eval_every = 100

@@ -21,6 +21,8 @@ from mlb_jax import balancing, checkpointing, losses, metrics, models, optim, st
 from mlb_jax.train_state import TrainState, create_train_state, parameter_count
 
 RESULTS = 'results.json'
+HISTORY = 'metrics.jsonl'  # one JSON object per log/eval event (after a resume a step may repeat: last wins)
+PREDICTIONS = 'test_predictions.npz'  # logits of every head and labels, best checkpoint
 
 
 class Experiment(NamedTuple):
@@ -70,6 +72,9 @@ def build(config) -> Experiment:
                      f'expected one of {list(optim.APPLY_TO)}')
   dataset = data_pipelines.load(config.data)
   modalities = resolve_modalities(config, dataset)
+  if config.train.select_head not in (losses.FUSED, *modalities):
+    raise ValueError(f"train.select_head '{config.train.select_head}' is not a head; expected one of "
+                     f'{[losses.FUSED, *modalities]}')
   model = models.build_model(config.model, modalities, dataset.sample_shapes, dataset.num_classes)
   method = balancing.make_method(config.method, modalities, config.balancing)
   tx = optim.make_optimizer(config.optimizer, optim.modality_labels, config.balancing.apply_to)
@@ -120,6 +125,12 @@ def write_results(workdir: str, config, best_step: int, test: dict, val: dict | 
   return payload
 
 
+def _append_history(workdir: str, record: dict) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, HISTORY), 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+
 def _metric_writer(workdir: str):
   from clu import metric_writers  # imports TensorFlow: only where logs are written
   return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -136,6 +147,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   cfg = config.train
   heads = (losses.FUSED, *exp.modalities)
+  select = cfg.select_head
 
   state = initial_state(exp)
   logging.info('model: %d parameters; modalities %s; method %s',
@@ -168,6 +180,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       _check_finite(step, means)
       means['steps_per_sec'] = len(pending) / max(time.time() - t0, 1e-9)
       writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
+      _append_history(workdir, {'step': step, 'split': 'train', **means})
       logging.info('step %d/%d  loss %.4f  acc fused %.3f  %s', step, cfg.num_steps, means['loss'],
                    means[f'acc_{losses.FUSED}'],
                    '  '.join(f"k_{m} {means[f'scale_{m}']:.3f}" for m in exp.modalities))
@@ -176,8 +189,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       val, _, _ = evaluate(eval_step, state, exp.dataset.splits['val'],
                            batch_size=config.data.eval_batch_size, heads=heads, ece_bins=cfg.ece_bins)
       writer.write_scalars(step, {f'val/{k}_{h}': v for h, d in val.items() for k, v in d.items()})
-      if val[losses.FUSED]['accuracy'] > best['accuracy']:
-        best = {'step': step, 'accuracy': val[losses.FUSED]['accuracy']}
+      _append_history(workdir, {'step': step, 'split': 'val', **{f'{k}_{h}': v for h, d in val.items()
+                                                                   for k, v in d.items()}})
+      if val[select]['accuracy'] > best['accuracy']:
+        best = {'step': step, 'accuracy': val[select]['accuracy']}
         checkpointing.save(best_mngr, step, state, {'best': best, 'val': val})
       checkpointing.save(last_mngr, step, state, {'best': best}, data_iter)
       logging.info('step %d  val acc %s  (best %.4f at step %d)', step,
@@ -190,7 +205,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def evaluate_checkpoint(config, workdir: str, *, exp: Experiment | None = None) -> dict:
-  """Restores the best checkpoint of `workdir`, evaluates val and test, rewrites results.json."""
+  """Restores the best checkpoint of `workdir` (best `train.select_head` validation
+  accuracy), evaluates val and test, and rewrites results.json."""
   workdir = check_workdir(workdir)
   exp = exp or build(config)
   mngr = checkpointing.manager(workdir, checkpointing.BEST)
@@ -203,7 +219,11 @@ def evaluate_checkpoint(config, workdir: str, *, exp: Experiment | None = None) 
   heads = (losses.FUSED, *exp.modalities)
   kwargs = dict(batch_size=config.data.eval_batch_size, heads=heads, ece_bins=config.train.ece_bins)
   val, _, _ = evaluate(eval_step, state, exp.dataset.splits['val'], **kwargs)
-  test, _, _ = evaluate(eval_step, state, exp.dataset.splits['test'], **kwargs)
+  test, logits, labels = evaluate(eval_step, state, exp.dataset.splits['test'], **kwargs)
+  if jax.process_index() == 0:
+    tmp = os.path.join(workdir, 'tmp_' + PREDICTIONS)
+    np.savez(tmp, label=labels, **{f'logits_{h}': z for h, z in logits.items()})
+    os.replace(tmp, os.path.join(workdir, PREDICTIONS))
   results = write_results(workdir, config, meta['best']['step'], test, val)
   logging.info('test accuracy (best step %d): %s', meta['best']['step'],
                {h: round(d['accuracy'], 4) for h, d in test.items()})

@@ -107,3 +107,12 @@ def test_bad_config_fails_before_training(field, value, message):
 def test_missing_workdir_parent(tmp_path):
   with pytest.raises(FileNotFoundError, match='does not exist'):
     loop.check_workdir(str(tmp_path / 'no' / 'such' / 'w'))
+
+
+def test_unimodal_reference_selects_its_own_head(tmp_path):
+  config = synthetic_config('unimodal=video,smoke')
+  assert config.train.select_head == 'video'
+  assert config.loss.fused == 0.0 and config.loss.per_modality['video'] == 1.0
+  config.train.select_head = 'text'
+  with pytest.raises(ValueError, match="train.select_head 'text'"):
+    loop.build(config)

@@ -18,7 +18,7 @@ NUM_CLASSES = 4
 def model_config(fusion='late_linear'):
   return ml_collections.ConfigDict(dict(
       encoder='auto', encoders={'audio': 'conv', 'video': 'frames'}, fusion=fusion, features=16,
-      mlp_hidden=(16,), conv_widths=(4, 8), mid_hidden=16, dropout=0.1))
+      mlp_hidden=(16,), conv_widths=(4, 8), mid_hidden=16, dropout=0.1, mmcosine_scale=10.0))
 
 
 def optimizer_config(**kw):

@@ -9,7 +9,7 @@ from typing import Mapping
 
 from mlb_jax.models.encoders import (ConvEncoder, FramesEncoder, MLPEncoder,
                                      auto_encoder_name)
-from mlb_jax.models.fusion import LateLinearFusion, MidMLPFusion
+from mlb_jax.models.fusion import LateLinearFusion, MidMLPFusion, MMCosineFusion
 from mlb_jax.models.multimodal import ModelOutput, MultimodalClassifier
 
 ENCODERS = {
@@ -24,6 +24,9 @@ FUSIONS = {
     'mid_mlp': lambda cfg, modalities, num_classes: functools.partial(
         MidMLPFusion, modalities=tuple(modalities), num_classes=num_classes,
         hidden=cfg.mid_hidden, dropout=cfg.dropout),
+    'mmcosine': lambda cfg, modalities, num_classes: functools.partial(
+        MMCosineFusion, modalities=tuple(modalities), num_classes=num_classes,
+        scale=cfg.mmcosine_scale),
 }
 
 

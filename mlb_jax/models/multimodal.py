@@ -4,9 +4,14 @@
 
 Parameters are laid out so the balancing finds each modality's subtree by its
 top-level key: `params[<modality>]` = {'encoder', 'head'} and `params['fusion']`.
+
+Besides `__call__`, the pieces are exposed for methods that need them
+(`model.apply(variables, ..., method='encode')` etc.): `encode` (one or all
+modalities), `heads` and `fuse`. AGM, for instance, re-encodes a zeroed
+modality in inference mode and fuses it with the other's training features.
 """
 
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -16,24 +21,35 @@ from mlb_jax.losses import FUSED
 
 class ModelOutput(NamedTuple):
   logits: dict[str, jax.Array]    # {'fused': [B, C], <modality>: [B, C]}
-  features: dict[str, jax.Array]  # {<modality>: [B, D_i]} encoder outputs
+  features: dict[str, jax.Array]  # {<modality>: [B, D_i]} pooled encoder outputs
+  # {<modality>: [B, C]} the modality's additive share of the fused logits, for
+  # fusions whose logits decompose per modality (late_linear, mmcosine); else None.
+  contributions: Optional[dict[str, jax.Array]]
 
 
 class ModalityBranch(nn.Module):
   """An encoder f_i followed by its linear unimodal head (Linear(D -> C)).
 
   Attributes:
-    make_encoder: constructor of the encoder module (called with `name`).
+    make_encoder: constructor of the encoder module.
     num_classes: C.
   """
   make_encoder: Callable[..., nn.Module]
   num_classes: int
 
-  @nn.compact
-  def __call__(self, x, *, train: bool, detach_head: bool):
-    features = self.make_encoder(name='encoder')(x, train=train)
-    head_in = jax.lax.stop_gradient(features) if detach_head else features
-    return features, nn.Dense(self.num_classes, name='head')(head_in)
+  def setup(self):
+    self.encoder = self.make_encoder()
+    self.head = nn.Dense(self.num_classes)
+
+  def encode(self, x, *, train: bool):
+    return self.encoder(x, train=train)
+
+  def classify(self, features, *, detach: bool = False):
+    return self.head(jax.lax.stop_gradient(features) if detach else features)
+
+  def __call__(self, x, *, train: bool, detach_head: bool = False):
+    features = self.encode(x, train=train)
+    return features, self.classify(features, detach=detach_head)
 
 
 class MultimodalClassifier(nn.Module):
@@ -53,15 +69,32 @@ class MultimodalClassifier(nn.Module):
                      for m in self.modalities}
     self.fusion_head = self.fusion(name='fusion')
 
-  def __call__(self, batch: Mapping[str, jax.Array], *, train: bool,
+  def encode(self, batch: Mapping[str, jax.Array], *, train: bool,
+             only: Optional[Sequence[str]] = None) -> dict[str, jax.Array]:
+    """Pooled features {m: [B, D]} of every modality (or those in `only`)."""
+    return {m: self.branches[m].encode(batch[m], train=train) for m in (only or self.modalities)}
+
+  def heads(self, features: Mapping[str, jax.Array], *, detach: bool = False) -> dict[str, jax.Array]:
+    """Unimodal logits {m: [B, C]}; `detach` makes them stop-gradient probes."""
+    return {m: self.branches[m].classify(features[m], detach=detach) for m in self.modalities}
+
+  def fuse(self, features: Mapping[str, jax.Array], *, train: bool) -> jax.Array:
+    """Fused logits [B, C]."""
+    return self.fusion_head(features, train=train)
+
+  def __call__(self, batch: Mapping[str, Any], *, train: bool,
                detach_unimodal: bool = False) -> ModelOutput:
     """Args:
       batch: {modality: [B, ...]} (other keys are ignored).
       train: BatchNorm batch statistics and dropout when True.
       detach_unimodal: unimodal heads see stop_gradient(features) (probes).
     """
-    features, logits = {}, {}
-    for m in self.modalities:
-      features[m], logits[m] = self.branches[m](batch[m], train=train, detach_head=detach_unimodal)
-    logits[FUSED] = self.fusion_head(features, train=train)
-    return ModelOutput(logits, features)
+    features = self.encode(batch, train=train)
+    logits = self.heads(features, detach=detach_unimodal)
+    contributions = None
+    if hasattr(self.fusion_head, 'contributions'):
+      contributions = self.fusion_head.contributions(features)
+      logits[FUSED] = sum(contributions[m] for m in self.modalities)
+    else:
+      logits[FUSED] = self.fuse(features, train=train)
+    return ModelOutput(logits, features, contributions)
