@@ -23,7 +23,7 @@ def parse_arg(arg: str | None, allowed: dict) -> dict:
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.method = 'mlb'          # joint | multiloss | mlb
+  c.method = 'mlb'          # joint | multiloss | mlb | ogm | ogm_ge | mslr | agm | pmr | mmcosine
   c.seed = 0                # parameter init, data order, dropout
   c.modalities = ()         # () = every modality the dataset has, in its order
 
@@ -54,6 +54,23 @@ def get_config() -> ml_collections.ConfigDict:
   c.balancing.apply_to = 'gradients'  # gradients (authors' code) | updates (Eq. 2's lr reading)
   c.balancing.alpha = 0.8
   c.balancing.beta_max = 2.0          # 2.0 = every released config of the authors
+  # Baselines (METHODS.md §3); epochs are converted to steps by the loop.
+  c.balancing.ogm = ml_collections.ConfigDict()
+  c.balancing.ogm.alpha = 0.8         # ogm / ogm_ge
+  c.balancing.ogm.start_epoch = 0
+  c.balancing.ogm.end_epoch = 1500    # authors: always on
+  c.balancing.mslr = ml_collections.ConfigDict()
+  c.balancing.mslr.initial = ml_collections.ConfigDict({'audio': 0.9, 'video': 1.1})
+  c.balancing.mslr.keep_epochs = 5    # K, epochs of validation accuracy remembered
+  c.balancing.agm = ml_collections.ConfigDict()
+  c.balancing.agm.alpha = 1.5
+  c.balancing.agm.clip = True         # the authors' conditional clip to global norm 1
+  c.balancing.pmr = ml_collections.ConfigDict()
+  c.balancing.pmr.alpha = 1.75
+  c.balancing.pmr.momentum = 0.0      # prototype momentum (authors: 0)
+  c.balancing.pmr.start_epoch = 0
+  c.balancing.pmr.end_epoch = 1500
+  c.balancing.pmr.fraction = 0.1      # share of training batches for prototypes after epoch 0
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adam'           # adam | sgd, both with coupled L2 weight decay

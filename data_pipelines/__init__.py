@@ -3,12 +3,15 @@
 `PIPELINES` maps `config.data.name` to a loader.
 """
 
-from data_pipelines import arrays, synthetic
+from data_pipelines import arrays, ave, cremad, synthetic, ucf101
 from data_pipelines.common import Dataset
 
 PIPELINES = {
     'synthetic': synthetic.load,   # embedded benchmark, generated from a seed
     'arrays': arrays.load,         # a user's .npz: one array per modality + label + split
+    'cremad': cremad.load,         # prepared CREMA-D (python -m data_pipelines.prepare)
+    'ave': ave.load,               # prepared AVE
+    'ucf101': ucf101.load,         # prepared UCF101, classes with audio
 }
 
 

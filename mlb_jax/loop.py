@@ -4,6 +4,7 @@ This is the only library module that touches files, clocks and loggers; the
 math lives in pure functions (`balancing`, `losses`, `optim`, `steps`).
 """
 
+import functools
 import json
 import math
 import os
@@ -76,10 +77,57 @@ def build(config) -> Experiment:
     raise ValueError(f"train.select_head '{config.train.select_head}' is not a head; expected one of "
                      f'{[losses.FUSED, *modalities]}')
   model = models.build_model(config.model, modalities, dataset.sample_shapes, dataset.num_classes)
-  method = balancing.make_method(config.method, modalities, config.balancing)
-  tx = optim.make_optimizer(config.optimizer, optim.modality_labels, config.balancing.apply_to)
+  ctx = balancing.MethodContext(
+      steps_per_epoch=common.steps_per_epoch(len(dataset.splits['train']), config.data.batch_size),
+      num_classes=dataset.num_classes, feature_dims=feature_dims(model, dataset, modalities),
+      fusion=config.model.fusion)
+  method = balancing.make_method(config.method, modalities, config.balancing, ctx)
+  labels = functools.partial(optim.modality_labels, heads_scaled=not method.detach_unimodal)
+  tx = optim.make_optimizer(config.optimizer, labels, config.balancing.apply_to)
   weights = losses.loss_weights(config.loss, modalities)
   return Experiment(config, dataset, modalities, model, method, tx, weights)
+
+
+def feature_dims(model, dataset: common.Dataset, modalities) -> dict[str, int]:
+  """{modality: D}, the encoders' output widths (shape inference only, no compute)."""
+  sample = {m: jax.ShapeDtypeStruct((1, *dataset.sample_shapes[m]), np.float32) for m in modalities}
+  (features, _) = jax.eval_shape(
+      lambda b: model.init_with_output({'params': jax.random.key(0)}, b, train=False, method='encode'), sample)
+  return {m: int(f.shape[-1]) for m, f in features.items()}
+
+
+def epoch_inputs(exp: Experiment, state: TrainState, epoch: int, eval_step, encode_step) -> dict | None:
+  """What `method.epoch_update` needs at the start of `epoch` (None: nothing to do).
+
+  'val_accuracy' (MSLR): [M] validation accuracy of each modality's share of the
+  fused logits after the previous epoch. 'prototypes' (PMR): per-class sums [M, C, D]
+  and counts [M, C] of batch-normalised inference-mode features over training
+  batches (epoch 0: all; later: floor(n * fraction) + 1 batches of a fresh shuffle).
+  """
+  config, kind = exp.config, exp.method.epoch_input
+  if kind == 'val_accuracy':
+    if epoch == 0:
+      return None
+    heads = [f'contribution_{m}' for m in exp.modalities]
+    val, _, _ = evaluate(eval_step, state, exp.dataset.splits['val'], batch_size=config.data.eval_batch_size,
+                         heads=heads, ece_bins=config.train.ece_bins)
+    return {'epoch': epoch, 'accuracy': np.array([val[h]['accuracy'] for h in heads], np.float32)}
+  if kind == 'prototypes':
+    from mlb_jax.balancing import pmr
+    train = exp.dataset.splits['train']
+    batches = common.steps_per_epoch(len(train), config.data.batch_size)
+    if epoch > 0:
+      batches = min(batches, int(batches * config.balancing.pmr.fraction) + 1)
+    it = common.train_batches(train, batch_size=config.data.batch_size, seed=config.seed * 7919 + epoch)
+    sums, counts = 0.0, 0.0
+    for _ in range(batches):
+      batch = next(it)
+      features = encode_step(state, {m: batch[m] for m in exp.modalities})
+      per = [pmr.prototype_sums(features[m], batch[common.LABEL], exp.dataset.num_classes) for m in exp.modalities]
+      sums = sums + np.stack([np.asarray(p[0]) for p in per])
+      counts = counts + np.stack([np.asarray(p[1]) for p in per])
+    return {'epoch': epoch, 'sums': sums, 'counts': counts}
+  raise ValueError(f"unknown epoch_input '{kind}' of method '{exp.method.name}'")
 
 
 def initial_state(exp: Experiment) -> TrainState:
@@ -166,6 +214,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_step = steps.make_train_step(model=exp.model, tx=exp.tx, method=exp.method,
                                      loss_weights=exp.loss_weights)
   eval_step = steps.make_eval_step(model=exp.model)
+  encode_step = steps.make_encode_step(model=exp.model)
+  spe = common.steps_per_epoch(len(exp.dataset.splits['train']), config.data.batch_size)
   writer = _metric_writer(workdir)
   start = int(state.step)
   if start == 0:
@@ -173,6 +223,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   pending, t0 = [], time.time()
   for step in range(start + 1, cfg.num_steps + 1):
+    if exp.method.epoch_update is not None and (step - 1) % spe == 0:
+      inputs = epoch_inputs(exp, state, (step - 1) // spe, eval_step, encode_step)
+      if inputs is not None:
+        state = state.replace(balance_state=exp.method.epoch_update(state.balance_state, inputs))
     state, step_metrics = train_step(state, next(data_iter))
     pending.append(step_metrics)
     if step % cfg.log_every == 0 or step == cfg.num_steps:
@@ -183,7 +237,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       _append_history(workdir, {'step': step, 'split': 'train', **means})
       logging.info('step %d/%d  loss %.4f  acc fused %.3f  %s', step, cfg.num_steps, means['loss'],
                    means[f'acc_{losses.FUSED}'],
-                   '  '.join(f"k_{m} {means[f'scale_{m}']:.3f}" for m in exp.modalities))
+                   '  '.join(f"k_{m} {means[f'scale_{m}']:.3f}" for m in exp.modalities if f'scale_{m}' in means))
       pending, t0 = [], time.time()
     if step % cfg.eval_every == 0 or step == cfg.num_steps:
       val, _, _ = evaluate(eval_step, state, exp.dataset.splits['val'],

@@ -36,9 +36,23 @@ class ScaleByModalityState(NamedTuple):
   """`scale_by_modality` keeps no state: the scales arrive with each update."""
 
 
-def modality_labels(params: Mapping[str, Any]) -> dict[str, Any]:
-  """A label tree: every leaf of `params[key]` is labelled `key` (its top-level key)."""
-  return {key: jax.tree.map(lambda _, k=key: k, sub) for key, sub in params.items()}
+PROBE_SUFFIX = '/probe'
+
+
+def modality_labels(params: Mapping[str, Any], *, heads_scaled: bool = True) -> dict[str, Any]:
+  """A label tree: every leaf of `params[key]` is labelled `key` (its top-level key).
+
+  With `heads_scaled=False` a modality's unimodal head (`params[m]['head']`) is
+  labelled `m + '/probe'` instead, so it keeps the base rate: for methods whose
+  unimodal heads are stop-gradient probes, scaling them would only distort the
+  measurement.
+  """
+  labels = {}
+  for key, sub in params.items():
+    labels[key] = jax.tree.map(lambda _, k=key: k, sub)
+    if not heads_scaled and isinstance(sub, Mapping) and 'head' in sub:
+      labels[key] = {**labels[key], 'head': jax.tree.map(lambda _, k=key: k + PROBE_SUFFIX, sub['head'])}
+  return labels
 
 
 def scale_by_modality(
@@ -51,8 +65,11 @@ def scale_by_modality(
 
   Returns:
     A transformation whose `update(updates, state, params=None, *,
-    modality_scales)` takes `modality_scales = {label: float32 scalar}`; leaves
-    whose label is absent from `modality_scales` pass through unchanged.
+    modality_scales, noise_key=None, noise_scale=None)` takes
+    `modality_scales = {label: float32 scalar}`; leaves whose label is absent
+    from `modality_scales` pass through unchanged. With `noise_key` (OGM-GE),
+    every scaled leaf u becomes `k u + noise_scale * N(0, (std(u) + 1e-8)^2)`,
+    std taken over the unscaled leaf, one independent draw per leaf.
   """
 
   def resolve(tree):
@@ -63,7 +80,8 @@ def scale_by_modality(
     del params
     return ScaleByModalityState()
 
-  def update_fn(updates, state, params=None, *, modality_scales, **extra_args):
+  def update_fn(updates, state, params=None, *, modality_scales, noise_key=None, noise_scale=None,
+                **extra_args):
     del params, extra_args
     labels = resolve(updates)
     known = set(jax.tree.leaves(labels))
@@ -71,13 +89,20 @@ def scale_by_modality(
     if unknown:
       raise ValueError(f'modality_scales has labels {sorted(unknown)} that label no parameter; '
                        f'parameter labels are {sorted(known)}')
-
-    def scale(u, label):
-      if label not in modality_scales:
-        return u
-      return u * jnp.asarray(modality_scales[label], u.dtype)
-
-    return jax.tree.map(scale, updates, labels), state
+    leaves, treedef = jax.tree.flatten(updates)
+    leaf_labels = treedef.flatten_up_to(labels)
+    out = []
+    for i, (u, label) in enumerate(zip(leaves, leaf_labels)):
+      if label in modality_scales:
+        scaled = u * jnp.asarray(modality_scales[label], u.dtype)
+        if noise_key is not None:
+          std = jnp.std(u.astype(jnp.float32)) + 1e-8
+          draw = jax.random.normal(jax.random.fold_in(noise_key, i), u.shape, jnp.float32)
+          scale = jnp.float32(1.0) if noise_scale is None else noise_scale
+          scaled = scaled + (scale * std * draw).astype(u.dtype)
+        u = scaled
+      out.append(u)
+    return treedef.unflatten(out), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

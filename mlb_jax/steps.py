@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mlb_jax.balancing import Method, StepInputs
-from mlb_jax.losses import FUSED, multi_loss
+from mlb_jax.balancing import ForwardContext, Method, StepInputs
+from mlb_jax.losses import multi_loss
 from mlb_jax.train_state import TrainState
 
 
@@ -39,7 +39,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model, tx, 
     batch: {<modality>: [B, ...], 'label': int [B]}.
     model: `MultimodalClassifier`.
     tx: optimizer accepting `modality_scales` (see `mlb_jax.optim`).
-    method: the training method.
+    method: the training method (its hooks are documented in `balancing.method`).
     loss_weights: {head: weight} for Eq. 3.
 
   Returns:
@@ -50,24 +50,38 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model, tx, 
   dropout_rng, method_rng = jax.random.split(step_rng)
 
   def loss_fn(params):
-    out, new_vars = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, batch, train=True,
-        detach_unimodal=method.detach_unimodal, rngs={'dropout': dropout_rng},
-        mutable=['batch_stats'])
-    total, per_head = multi_loss(out.logits, labels, loss_weights)
-    return total, (out.logits, new_vars.get('batch_stats', {}), per_head)
+    variables = {'params': params, 'batch_stats': state.batch_stats}
+    out, new_vars = model.apply(variables, batch, train=True, detach_unimodal=method.detach_unimodal,
+                                rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+    logits, balance_state, hook_metrics = out.logits, state.balance_state, {}
+    if method.forward_hook is not None:
+      ctx = ForwardContext(model, variables, batch, out, labels, state.step)
+      logits, balance_state, hook_metrics = method.forward_hook(ctx, balance_state)
+    total, per_head = multi_loss(logits, labels, loss_weights)
+    if method.loss_hook is not None:
+      extra, balance_state, extra_metrics = method.loss_hook(out, labels, balance_state, state.step)
+      total = total + extra
+      hook_metrics = {**hook_metrics, **extra_metrics}
+    aux = (out, new_vars.get('batch_stats', {}), per_head, balance_state, hook_metrics)
+    return total, aux
 
-  (total, (logits, batch_stats, per_head)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
+  (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  out, batch_stats, per_head, balance_state, hook_metrics = aux
+  if method.gradient_hook is not None:
+    grads, grad_metrics = method.gradient_hook(grads)
+    hook_metrics = {**hook_metrics, **grad_metrics}
 
-  unimodal = jax.lax.stop_gradient({m: logits[m] for m in model.modalities})
-  scales, balance_state, balance_metrics = method.coefficients(
-      StepInputs(unimodal, labels, state.step, method_rng), state.balance_state)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params, modality_scales=scales)
+  source = out.contributions if method.unimodal_source == 'contributions' else out.logits
+  unimodal = jax.lax.stop_gradient({m: source[m] for m in model.modalities})
+  inputs = StepInputs(unimodal, labels, state.step, method_rng)
+  scales, balance_state, balance_metrics = method.coefficients(inputs, balance_state)
+  extra_args = method.optimizer_args(inputs) if method.optimizer_args is not None else {}
+  updates, opt_state = tx.update(grads, state.opt_state, state.params, modality_scales=scales,
+                                 **extra_args)
   params = optax.apply_updates(state.params, updates)
 
-  metrics = {'loss': total, **per_head, **balance_metrics}
-  for head, z in logits.items():
+  metrics = {'loss': total, **per_head, **balance_metrics, **hook_metrics}
+  for head, z in out.logits.items():
     metrics[f'acc_{head}'] = jnp.mean(jnp.argmax(z, -1) == labels).astype(jnp.float32)
   for key, sub in grads.items():
     metrics[f'grad_norm_{key}'] = _global_norm(sub)
@@ -77,9 +91,19 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model, tx, 
 
 
 def eval_step(state: TrainState, batch: Mapping[str, jax.Array], *, model) -> dict[str, jax.Array]:
-  """Inference-mode logits of every head: {'fused': [B, C], <modality>: [B, C]}."""
+  """Inference-mode logits of every head: {'fused': [B, C], <modality>: [B, C]}, plus
+  {'contribution_<m>': [B, C]} when the fusion decomposes per modality."""
   out = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, batch, train=False)
-  return out.logits
+  logits = dict(out.logits)
+  if out.contributions is not None:
+    logits.update({f'contribution_{m}': z for m, z in out.contributions.items()})
+  return logits
+
+
+def encode_step(state: TrainState, batch: Mapping[str, jax.Array], *, model) -> dict[str, jax.Array]:
+  """Inference-mode pooled features {m: [B, D]} (PMR prototypes)."""
+  return model.apply({'params': state.params, 'batch_stats': state.batch_stats}, batch, train=False,
+                     method='encode')
 
 
 def make_train_step(*, model, tx, method: Method, loss_weights, donate: bool = True):
@@ -93,4 +117,7 @@ def make_eval_step(*, model):
   return jax.jit(functools.partial(eval_step, model=model))
 
 
-__all__ = ['train_step', 'eval_step', 'make_train_step', 'make_eval_step', 'FUSED']
+def make_encode_step(*, model):
+  return jax.jit(functools.partial(encode_step, model=model))
+
+

@@ -1,0 +1,177 @@
+"""Decoding the raw media files: WAV audio, container audio and video, JPEG frames.
+
+Everything here reads or writes bytes; what is computed from the decoded
+signals lives in `spectrogram.py` (audio) and `frames.py` (video at read time).
+A file that cannot be used raises `BadInput`, which names the file and the
+problem; `Excluded` marks a file left out by a dataset's selection rule
+(e.g. UCF101 clips without an audio track) rather than broken.
+"""
+
+import io
+import math
+
+import av
+import numpy as np
+import soundfile as sf
+from PIL import Image
+from scipy import signal
+
+JPEG_QUALITY = 90
+_TIME_EPS = 1e-6  # frame times i / rate are floats: frame 30 at 30 fps must count as 1 s
+
+
+class BadInput(ValueError):
+  """A raw file that cannot be used; `str()` is '<path>: <problem>'."""
+
+  def __init__(self, path: str, problem: str):
+    super().__init__(f'{path}: {problem}')
+    self.path = str(path)
+    self.problem = problem
+
+  def __reduce__(self):  # crosses process boundaries when a build runs in workers
+    return type(self), (self.path, self.problem)
+
+
+class TooShort(BadInput):
+  """A video with fewer frames (or 1-fps frames) than a clip needs."""
+
+
+class Excluded(BadInput):
+  """A readable file that a dataset's selection rule leaves out."""
+
+
+def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
+  """Polyphase resampling `rate` -> `target` Hz (scipy.signal.resample_poly)."""
+  if rate == target:
+    return wave
+  g = math.gcd(rate, target)
+  return signal.resample_poly(wave, target // g, rate // g).astype(np.float32)
+
+
+def read_wav(path: str, sample_rate: int) -> np.ndarray:
+  """A WAV file as float32 mono at `sample_rate` (channels averaged, as librosa.load).
+
+  Raises:
+    BadInput: unreadable, corrupt or empty file.
+  """
+  try:
+    wave, rate = sf.read(path, dtype='float32', always_2d=True)
+  except (sf.LibsndfileError, RuntimeError, OSError) as e:
+    raise BadInput(path, f'unreadable audio file ({e})') from e
+  if wave.shape[0] == 0:
+    raise BadInput(path, 'zero-length audio (0 samples)')
+  return resample(wave.mean(axis=1), rate, sample_rate)
+
+
+def _open(path: str):
+  try:
+    return av.open(path)
+  except (av.error.FFmpegError, OSError) as e:
+    raise BadInput(path, f'unreadable media file ({e})') from e
+
+
+def has_audio_track(path: str) -> bool:
+  """Whether the container has an audio stream (opens the header only)."""
+  with _open(path) as container:
+    return len(container.streams.audio) > 0
+
+
+def read_audio_track(path: str, sample_rate: int, *, channel: str = 'mean') -> np.ndarray:
+  """The audio stream of a video container as float32 mono at `sample_rate`.
+
+  Args:
+    path: .mp4 / .avi / .flv file.
+    sample_rate: output rate in Hz (libswresample).
+    channel: 'mean' averages the channels (librosa.load); 'first' keeps
+      channel 0 (moviepy's first channel, as the UCF101 reference).
+
+  Returns:
+    float32 [N]; N may be 0 (an empty track), which the caller judges.
+
+  Raises:
+    BadInput: unreadable file or no audio stream.
+  """
+  with _open(path) as container:
+    if not container.streams.audio:
+      raise BadInput(path, 'no audio stream')
+    stream = container.streams.audio[0]
+    resampler = av.AudioResampler(format='fltp', layout=stream.layout.name, rate=sample_rate)
+    chunks = []
+    try:
+      for frame in container.decode(stream):
+        chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
+      chunks.extend(f.to_ndarray() for f in resampler.resample(None))
+    except av.error.FFmpegError as e:
+      raise BadInput(path, f'corrupt audio stream ({e})') from e
+  if not chunks:
+    return np.zeros(0, np.float32)
+  wave = np.concatenate(chunks, axis=1)  # [channels, samples]
+  return (wave.mean(axis=0) if channel == 'mean' else wave[0]).astype(np.float32)
+
+
+def frames_at_1fps(path: str, num_frames: int, *, start: float = 0.0, end: float | None = None,
+                   fill_seed: int | None = 0) -> np.ndarray:
+  """`num_frames` RGB frames sampled at 1 fps from the segment [start, end) s.
+
+  The reference extracts the first frame of every second and loads the first
+  `num_frames` in time order (METHODS.md §5.1-5.2). When the segment is too
+  short to give that many, it adds random frames of the segment; here they are
+  drawn from a generator seeded with `fill_seed`, so a rebuild gives the same
+  frames, and the result is put back in time order. `fill_seed=None` adds
+  none (UCF101: the reference drops such clips).
+
+  Returns:
+    uint8 [num_frames, H, W, 3].
+
+  Raises:
+    BadInput: unreadable file or no video stream.
+    TooShort: fewer than `num_frames` decodable frames in the segment, or
+      (without fill) fewer than `num_frames` 1-fps frames.
+  """
+  segment, picked, next_second = [], [], start
+  with _open(path) as container:
+    if not container.streams.video:
+      raise BadInput(path, 'no video stream')
+    stream = container.streams.video[0]
+    if not stream.average_rate:
+      raise BadInput(path, 'video stream has no frame rate')
+    rate = float(stream.average_rate)
+    try:
+      for i, frame in enumerate(container.decode(stream)):
+        # Time from the frame count, as OpenCV-based extraction counts frames: AVI
+        # timestamps of B-frame codecs come back out of order.
+        t = i / rate
+        if t < start - _TIME_EPS:
+          continue
+        if end is not None and t >= end - _TIME_EPS:
+          break
+        segment.append(frame)
+        if t >= next_second - _TIME_EPS:
+          picked.append(len(segment) - 1)
+          next_second = start + math.floor(t - start + _TIME_EPS) + 1
+          if len(picked) == num_frames:
+            break
+    except av.error.FFmpegError as e:
+      raise BadInput(path, f'corrupt video stream after {len(segment)} frames ({e})') from e
+    if len(picked) < num_frames:
+      if fill_seed is None:
+        raise TooShort(path, f'{len(picked)} frames at 1 fps; needs {num_frames}')
+      if len(segment) < num_frames:
+        where = f' in [{start:g}, {end:g}) s' if end is not None else ''
+        raise TooShort(path, f'{len(segment)} video frames{where}; needs at least {num_frames}')
+      rest = np.setdiff1d(np.arange(len(segment)), picked)
+      extra = np.random.default_rng(fill_seed).choice(rest, num_frames - len(picked), replace=False)
+      picked = sorted(picked + extra.tolist())
+    return np.stack([segment[i].to_ndarray(format='rgb24') for i in picked])
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+  """uint8 [H, W, 3] -> JPEG bytes."""
+  buf = io.BytesIO()
+  Image.fromarray(rgb).save(buf, format='JPEG', quality=quality)
+  return buf.getvalue()
+
+
+def decode_jpeg(data: bytes) -> Image.Image:
+  """JPEG bytes -> an RGB PIL image (decoded lazily by PIL on first use)."""
+  return Image.open(io.BytesIO(data)).convert('RGB')

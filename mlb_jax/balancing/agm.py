@@ -1,0 +1,131 @@
+"""AGM: adaptive gradient modulation (Li et al., ICCV 2023), as the MLB authors run it
+(METHODS.md §3.5). Defined for exactly two modalities (a, v).
+
+Forward (inside the differentiated loss): besides the train-mode pass giving
+features f_a, f_v and fused logits z, two inference-mode passes re-encode one
+zeroed modality and reuse the other's train-mode features:
+
+    z_0v = F(enc_a(0), f_v),   z_a0 = F(f_a, enc_v(0))
+    z_a  = (z - z_0v + z_a0) / 2,   z_v = (z - z_a0 + z_0v) / 2
+
+Coefficients (from stop-gradient z_a, z_v, before this step's backward):
+
+    l_i      = mean_b -log max(softmax(z_i)[b, y_b], 1e-8)
+    r_a      = exp(l_v - l_a),        r_v = 1 / r_a
+    rbar_a   = exp(L_v - L_a),        rbar_v = 1 / rbar_a   (running means L, before update)
+    k_i      = exp(alpha * min(rbar_i - r_i, 10))
+    L       <- L t/(t+1) + l/(t+1)                           (t = 0-based step)
+
+The loss is CE(k_a * z_a + k_v * z_v) in the backward only: the fused logits
+keep the value z_a + z_v = z, while the gradient reaching z_a (z_v) is scaled by
+k_a (k_v). Only the zeroed encoder is re-run (2 extra encoder passes and 2
+extra fusion passes per step), as the authors' code; the original AGM re-runs
+both encoders.
+
+Gradient clipping (authors' `clip_grad: "AGM"`): when any fusion-head gradient
+leaves [-1, 1], all gradients are clipped to global norm 1.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mlb_jax.balancing.method import (ForwardContext, Method, StepInputs,
+                                      require_two_modalities, score_metrics)
+from mlb_jax.balancing.scores import true_class_probability
+from mlb_jax.losses import FUSED
+
+
+class AGMState(NamedTuple):
+  mean_loss: jax.Array  # float32 [2], running means L_a, L_v over all past steps
+
+
+@jax.custom_vjp
+def scale_gradient(x: jax.Array, scale: jax.Array) -> jax.Array:
+  """Identity in the forward pass; multiplies the incoming gradient by `scale`."""
+  del scale
+  return x
+
+
+def _scale_gradient_fwd(x, scale):
+  return x, scale
+
+
+def _scale_gradient_bwd(scale, g):
+  return g * scale.astype(g.dtype), jnp.zeros_like(scale)
+
+
+scale_gradient.defvjp(_scale_gradient_fwd, _scale_gradient_bwd)
+
+
+def agm_contributions(z, z_zero_a, z_zero_v):
+  """(z_a, z_v) from the full logits z, z_0v = F(0, f_v) and z_a0 = F(f_a, 0)."""
+  return 0.5 * (z - z_zero_a + z_zero_v), 0.5 * (z - z_zero_v + z_zero_a)
+
+
+def contribution_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """mean_b -log max(softmax(logits)[b, y_b], 1e-8)."""
+  p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  true = jnp.take_along_axis(p, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+  return jnp.mean(-jnp.log(jnp.maximum(true, 1e-8)))
+
+
+def agm_coefficients(losses: jax.Array, mean_loss: jax.Array, step: jax.Array, *, alpha: float):
+  """k [2], ratios r [2] and the updated running means, from l = (l_a, l_v)."""
+  r_a = jnp.exp(losses[1] - losses[0])
+  rbar_a = jnp.exp(mean_loss[1] - mean_loss[0])
+  ratios = jnp.stack([r_a, 1.0 / r_a])
+  running = jnp.stack([rbar_a, 1.0 / rbar_a])
+  k = jnp.exp(alpha * jnp.minimum(running - ratios, 10.0))
+  t = step.astype(jnp.float32)
+  new_mean = mean_loss * t / (t + 1.0) + losses / (t + 1.0)
+  return k, ratios, new_mean
+
+
+def agm_clip(grads, fusion_key: str = 'fusion'):
+  """Clip all gradients to global norm 1 when a fusion gradient leaves [-1, 1]."""
+  fusion = jax.tree.leaves(grads[fusion_key])
+  trigger = jnp.any(jnp.stack([jnp.max(jnp.abs(g)) for g in fusion]) > 1.0)
+  norm = optax.global_norm(grads)
+  factor = jnp.where(trigger, jnp.minimum(1.0, 1.0 / (norm + 1e-6)), 1.0)
+  return jax.tree.map(lambda g: g * factor.astype(g.dtype), grads), {'clip_factor': factor}
+
+
+def make_agm(*, modalities: tuple[str, ...], alpha: float, clip: bool) -> Method:
+  require_two_modalities('AGM', modalities)
+  if not alpha > 0:
+    raise ValueError(f'AGM alpha must be > 0, got {alpha}')
+  a, v = modalities
+
+  def forward_hook(ctx: ForwardContext, state: AGMState):
+    model, variables, features = ctx.model, ctx.variables, ctx.output.features
+
+    def reencode_zeroed(m):
+      zeros = {m: jnp.zeros_like(ctx.batch[m])}
+      return model.apply(variables, zeros, train=False, only=(m,), method='encode')[m]
+
+    def fuse(feats):
+      return model.apply(variables, feats, train=False, method='fuse')
+
+    z = ctx.output.logits[FUSED]
+    z_zero_a = fuse({a: reencode_zeroed(a), v: features[v]})
+    z_zero_v = fuse({a: features[a], v: reencode_zeroed(v)})
+    z_a, z_v = agm_contributions(z, z_zero_a, z_zero_v)
+    sg = jax.lax.stop_gradient
+    losses = jnp.stack([contribution_loss(sg(z_a), ctx.labels), contribution_loss(sg(z_v), ctx.labels)])
+    k, ratios, mean_loss = agm_coefficients(losses, state.mean_loss, ctx.step, alpha=alpha)
+    combined = scale_gradient(z_a, k[0]) + scale_gradient(z_v, k[1])
+    scores = jnp.stack([true_class_probability(sg(z_a), ctx.labels),
+                        true_class_probability(sg(z_v), ctx.labels)])
+    metrics = score_metrics(modalities, scores, ratios, {a: k[0], v: k[1]})
+    return {**ctx.output.logits, FUSED: combined}, AGMState(mean_loss), metrics
+
+  def coefficients(inputs: StepInputs, state):
+    del inputs
+    return {m: jnp.ones((), jnp.float32) for m in modalities}, state, {}
+
+  return Method('agm', detach_unimodal=True, init_state=lambda _: AGMState(jnp.zeros((2,), jnp.float32)),
+                coefficients=coefficients, forward_hook=forward_hook,
+                gradient_hook=agm_clip if clip else None)

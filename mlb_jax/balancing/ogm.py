@@ -1,0 +1,68 @@
+"""OGM and OGM-GE: on-the-fly gradient modulation (Peng et al., CVPR 2022).
+
+Scores are *sum* softmax probabilities of the true class of each modality's
+additive share of the fused logits (METHODS.md §3.3):
+
+    S_i   = sum_b softmax(z_i)[b, y_b]
+    rho_i = S_i / mean_{j != i} S_j            (M = 2: rho_a = S_a / S_v)
+    k_i   = 1 - tanh(alpha * relu(rho_i))  if rho_i > 1,  else 1
+
+so only the leading modality is slowed (there is no "-1" in the tanh, as in
+the OGM-GE code). With two modalities this is the authors' rule except at an
+exact tie rho_a = rho_v = 1, where their `if rho_a > 1 ... else` slows the
+video; here neither is slowed. The rule generalises to M >= 2 through the mean
+of the other scores.
+
+OGM-GE adds Gaussian noise to every scaled gradient tensor,
+g <- k g + N(0, (std(g) + 1e-8)^2), with std(g) of the unscaled tensor (the
+noise is drawn in `mlb_jax.optim.scale_by_modality` from `noise_key`).
+
+The coefficients are active for steps in [start_step, end_step); outside the
+window k = 1 and no noise is added.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from mlb_jax.balancing.method import Method, StepInputs, score_metrics
+from mlb_jax.balancing.scores import modality_scores
+
+
+def ogm_ratios(sum_scores: jax.Array) -> jax.Array:
+  """rho_i = S_i / mean_{j != i} S_j for [M] scores (0 when the others are all 0)."""
+  m = sum_scores.shape[0]
+  others = (jnp.sum(sum_scores) - sum_scores) / (m - 1)
+  return jnp.where(others > 0, sum_scores / jnp.where(others > 0, others, 1.0), 0.0)
+
+
+def ogm_coefficients(sum_scores: jax.Array, *, alpha: float) -> jax.Array:
+  """[M] OGM coefficients from [M] sum-scores S_i."""
+  rho = ogm_ratios(jnp.asarray(sum_scores, jnp.float32))
+  return jnp.where(rho > 1.0, 1.0 - jnp.tanh(alpha * jax.nn.relu(rho)), 1.0)
+
+
+def make_ogm(*, modalities: tuple[str, ...], alpha: float, start_step: int, end_step: int,
+             gradient_noise: bool) -> Method:
+  """OGM (gradient_noise=False) or OGM-GE (True). Needs a fusion with per-modality contributions."""
+  if len(modalities) < 2:
+    raise ValueError(f'OGM needs at least 2 modalities, got {modalities}')
+  if not alpha > 0:
+    raise ValueError(f'OGM alpha must be > 0, got {alpha}')
+
+  def coefficients(inputs: StepInputs, state):
+    sums = modality_scores(inputs.logits, inputs.labels, modalities, 'probability') * inputs.labels.shape[0]
+    active = (inputs.step >= start_step) & (inputs.step < end_step)
+    k = jnp.where(active, ogm_coefficients(sums, alpha=alpha), 1.0)
+    scales = {m: k[i] for i, m in enumerate(modalities)}
+    metrics = score_metrics(modalities, sums, ogm_ratios(sums), scales)
+    if gradient_noise:
+      metrics['noise_active'] = active.astype(jnp.float32)
+    return scales, state, metrics
+
+  def noise(inputs: StepInputs):
+    active = (inputs.step >= start_step) & (inputs.step < end_step)
+    return {'noise_key': inputs.rng, 'noise_scale': active.astype(jnp.float32)}
+
+  return Method('ogm_ge' if gradient_noise else 'ogm', detach_unimodal=True, init_state=lambda _: (),
+                coefficients=coefficients, unimodal_source='contributions',
+                optimizer_args=noise if gradient_noise else None)

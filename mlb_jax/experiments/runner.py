@@ -1,0 +1,199 @@
+"""Runs one configuration over several seeds or folds, one workdir per run.
+
+Layout of an experiment folder (`out`):
+
+    out/experiment.json             {"variants": [names in the order they were run]}
+    out/<variant>/<run>/            a `loop.train_and_evaluate` workdir (results.json, ...)
+
+A variant is a configuration (usually one method); a run is one seed or fold
+of it. The paper reports 3 runs per setting (METHODS.md §6 "Seeds",
+"Reporting"): CREMA-D folds 0-2 and UCF101 splits 1-3, each with seed
+[109, 19, 337][i], and AVE seeds 109, 19, 337 on its fixed split. A run whose
+results.json exists is skipped, and a run with a checkpoint but no
+results.json resumes from it, so an interrupted experiment continues where it
+stopped.
+"""
+
+import json
+import os
+from typing import Any, Callable, NamedTuple, Sequence
+
+import ml_collections
+
+from mlb_jax import loop
+
+EXPERIMENT = 'experiment.json'
+
+
+class Run(NamedTuple):
+  """One member of a seed/fold experiment.
+
+  Attributes:
+    name: the workdir name, e.g. 'seed_0' or 'fold_1_seed_19'.
+    assignments: {config field path: value}, e.g. {'data.fold': 1, 'seed': 19}.
+  """
+  name: str
+  assignments: dict[str, Any]
+
+
+def make_runs(*, seeds: Sequence[int] = (), folds: Sequence[int] = (),
+              seed_fields: Sequence[str] = ('seed',), fold_field: str = 'data.fold') -> list[Run]:
+  """The runs of an experiment: one per seed, one per fold, or seeds and folds paired.
+
+  Args:
+    seeds: seed values; each sets every field of `seed_fields`.
+    folds: fold (split) values; each sets `fold_field`. When both are given they
+      are paired in order (run i: folds[i], seeds[i]), the paper's protocol.
+    seed_fields: config fields a seed sets (e.g. ('seed', 'data.seed') to also
+      redraw a generated dataset).
+    fold_field: the config field a fold sets.
+
+  Returns:
+    The runs, in order.
+  """
+  seeds, folds = [int(s) for s in seeds], [int(f) for f in folds]
+  if not seeds and not folds:
+    raise ValueError('an experiment needs seeds or folds (e.g. --seeds=0,1,2 or --folds=0,1,2)')
+  if seeds and folds and len(seeds) != len(folds):
+    raise ValueError(f'seeds and folds are paired run by run and must be equally many, '
+                     f'got seeds {seeds} and folds {folds}')
+  if not seed_fields and seeds:
+    raise ValueError('seeds given but no seed_fields to set')
+  runs = []
+  for i in range(max(len(seeds), len(folds))):
+    parts, assignments = [], {}
+    if folds:
+      parts.append(f'fold_{folds[i]}')
+      assignments[fold_field] = folds[i]
+    if seeds:
+      parts.append(f'seed_{seeds[i]}')
+      assignments.update({field: seeds[i] for field in seed_fields})
+    runs.append(Run('_'.join(parts), assignments))
+  names = [r.name for r in runs]
+  if len(set(names)) != len(names):
+    raise ValueError(f'runs repeat: {names}')
+  return runs
+
+
+def parse_value(config: ml_collections.ConfigDict, path: str, text: str) -> Any:
+  """Converts `text` to the type of the config field at `path` (bool, int, float or str)."""
+  current = get_field(config, path)
+  if isinstance(current, bool):
+    if text.lower() not in ('true', 'false', '1', '0'):
+      raise ValueError(f"config field '{path}' is a bool; got '{text}'")
+    return text.lower() in ('true', '1')
+  try:
+    if isinstance(current, int):
+      number = float(text)
+      if number.is_integer():
+        return int(number)
+    elif isinstance(current, float):
+      return float(text)
+    elif isinstance(current, str):
+      return text
+  except ValueError:
+    pass
+  if isinstance(current, (int, float)):
+    raise ValueError(f"config field '{path}' is {type(current).__name__}; got '{text}'")
+  raise ValueError(f"config field '{path}' holds a {type(current).__name__}; only bool, int, float and "
+                   'str fields can be set here')
+
+
+def get_field(config: ml_collections.ConfigDict, path: str) -> Any:
+  """The value of the dotted field `path` ('balancing.alpha'); ValueError naming it if absent."""
+  node = config
+  for i, part in enumerate(path.split('.')):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      where = '.'.join(path.split('.')[:i]) or 'the top level'
+      raise ValueError(f"config has no field '{path}' ('{part}' is not in {where})")
+    node = node[part]
+  return node
+
+
+def with_fields(config: ml_collections.ConfigDict, assignments: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of `config` with the dotted fields of `assignments` set (each must exist)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for path, value in assignments.items():
+    get_field(config, path)
+    section, _, leaf = path.rpartition('.')
+    target = get_field(config, section) if section else config
+    target[leaf] = value
+  return config
+
+
+def _comparable(config_dict: dict) -> dict:
+  return json.loads(json.dumps(config_dict))  # tuples become lists, as in results.json
+
+
+def _config_differences(a: dict, b: dict, prefix: str = '') -> list[str]:
+  out = []
+  for key in sorted(set(a) | set(b)):
+    va, vb = a.get(key, '<absent>'), b.get(key, '<absent>')
+    if isinstance(va, dict) and isinstance(vb, dict):
+      out += _config_differences(va, vb, f'{prefix}{key}.')
+    elif va != vb:
+      out.append(f'{prefix}{key}: {va!r} (stored) vs {vb!r} (now)')
+  return out
+
+
+def record_variant(out: str, name: str) -> None:
+  """Adds `name` to out/experiment.json (the order the report lists variants in)."""
+  path = os.path.join(out, EXPERIMENT)
+  meta = json.load(open(path)) if os.path.exists(path) else {'variants': []}
+  if name not in meta['variants']:
+    meta['variants'].append(name)
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(meta, f, indent=2)
+    os.replace(tmp, path)
+
+
+def check_name(name: str) -> str:
+  if not name or name != os.path.basename(name) or name.startswith('.'):
+    raise ValueError(f"a variant name must be a plain folder name, got '{name}'")
+  return name
+
+
+def run_variant(config: ml_collections.ConfigDict, out: str, name: str, runs: Sequence[Run], *,
+                train: Callable[[ml_collections.ConfigDict, str], dict] | None = None,
+                on_result: Callable[[Run, dict, bool], None] | None = None) -> list[dict]:
+  """Trains `config` once per run in `out/<name>/<run.name>`; finished runs are reused.
+
+  Args:
+    config: the variant's configuration.
+    out: the experiment folder (created if missing; its parent must exist).
+    name: the variant's folder name (e.g. the method).
+    runs: from `make_runs`.
+    train: `(config, workdir) -> results`; default `loop.train_and_evaluate`.
+    on_result: called as `(run, results, reused)` after each run.
+
+  Returns:
+    The results dict of every run, in order.
+
+  Raises:
+    ValueError: when a finished run's stored config differs from the one asked
+      for (reusing it would mix settings); a new `out` or variant name avoids it.
+  """
+  train = train or loop.train_and_evaluate
+  check_name(name)
+  out = loop.check_workdir(out)
+  os.makedirs(os.path.join(out, name), exist_ok=True)
+  record_variant(out, name)
+  all_results = []
+  for run in runs:
+    run_config = with_fields(config, run.assignments)
+    workdir = os.path.join(out, name, run.name)
+    path = os.path.join(workdir, loop.RESULTS)
+    reused = os.path.exists(path)
+    if reused:
+      results = json.load(open(path))
+      diff = _config_differences(results.get('config', {}), _comparable(run_config.to_dict()))
+      if diff:
+        raise ValueError(f"'{path}' was trained with another config; use a new --out or variant name, "
+                         f'or delete the run. Differences: ' + '; '.join(diff[:10]))
+    else:
+      results = train(run_config, workdir)
+    all_results.append(results)
+    if on_result is not None:
+      on_result(run, results, reused)
+  return all_results

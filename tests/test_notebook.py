@@ -1,0 +1,27 @@
+"""notebooks/quickstart.ipynb executes headless, top to bottom, without error."""
+
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK = os.path.join(ROOT, 'notebooks', 'quickstart.ipynb')
+
+
+@pytest.mark.slow
+def test_quickstart_notebook_executes(tmp_path, monkeypatch):
+  import nbformat
+  from nbclient import NotebookClient
+
+  monkeypatch.setenv('QUICKSTART_STEPS', '20')            # short runs: this checks the notebook, not MLB
+  monkeypatch.setenv('QUICKSTART_OUT', str(tmp_path / 'quickstart'))
+  monkeypatch.setenv('TF_CPP_MIN_LOG_LEVEL', '2')
+  monkeypatch.setenv('TF_ENABLE_ONEDNN_OPTS', '0')
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  NotebookClient(nb, timeout=900, kernel_name='python3',
+                 resources={'metadata': {'path': os.path.dirname(NOTEBOOK)}}).execute()
+  outputs = [o for cell in nb.cells if cell.cell_type == 'code' for o in cell.outputs]
+  assert not [o for o in outputs if o.output_type == 'error']
+  images = [o for o in outputs if o.output_type == 'display_data' and 'image/png' in o.data]
+  assert len(images) == 5  # comparison, ECE, agreement, balancing, accuracy x2 - 1 (see below)
+  assert os.path.isfile(tmp_path / 'quickstart' / 'report.md')
