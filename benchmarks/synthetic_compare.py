@@ -25,9 +25,13 @@ from absl import app, flags, logging
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 from configs import synthetic  # noqa: E402  (path set above)
+from mlb_jax import loop  # noqa: E402
+from mlb_jax.experiments import aggregate, runner  # noqa: E402
 
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (training and data draw).')
-_METHODS = flags.DEFINE_list('methods', ['joint', 'multiloss', 'mlb'], 'Methods to compare.')
+_METHODS = flags.DEFINE_list(
+    'methods', ['joint', 'multiloss', 'mlb', 'ogm', 'ogm_ge', 'mslr', 'agm', 'pmr', 'mmcosine'],
+    'Methods to compare.')
 _OUT = flags.DEFINE_string('out', 'benchmarks/out/synthetic_compare', 'Output directory.')
 _SET = flags.DEFINE_multi_string('set', [], 'Config overrides for every run, e.g. balancing.alpha=1.5.')
 
@@ -40,36 +44,34 @@ def variants(methods):
   return out
 
 
-def apply_overrides(config, overrides):
-  for item in overrides:
+def base_config(arg):
+  config = synthetic.get_config(arg)
+  for item in _SET.value:
     key, _, value = item.partition('=')
-    section, _, leaf = key.rpartition('.')
-    target = config
-    for part in filter(None, section.split('.')):
-      target = target[part]
-    target[leaf] = type(target[leaf])(value)
+    config = runner.with_fields(config, {key: runner.parse_value(config, key, value)})
   return config
 
 
-def run_one(name, arg, seed):
-  from mlb_jax import loop
-  workdir = os.path.join(_OUT.value, name, f'seed_{seed}')
-  path = os.path.join(workdir, loop.RESULTS)
-  if os.path.exists(path):
-    return json.load(open(path)), None
-  config = apply_overrides(synthetic.get_config(arg), _SET.value)
-  config.seed = seed
-  config.data.seed = seed
-  os.makedirs(os.path.dirname(workdir), exist_ok=True)
-  start = time.time()
-  results = loop.train_and_evaluate(config, workdir)
-  return results, time.time() - start
+def run_variant(name, arg, seeds):
+  """Every seed of one variant (finished runs reused), as [{'seed', 'test', 'best_step', 'seconds'}]."""
+  seconds = {}
 
+  def timed_train(config, workdir):
+    start = time.time()
+    results = loop.train_and_evaluate(config, workdir)
+    seconds[os.path.basename(workdir)] = time.time() - start
+    return results
 
-def mean_std(values):
-  n = len(values)
-  mean = sum(values) / n
-  return mean, (sum((v - mean) ** 2 for v in values) / n) ** 0.5
+  def show(run, results, reused):
+    acc = {h: results['test'][h]['accuracy'] for h in HEADS}
+    print(f'{name:12s} {run.name}: ' + '  '.join(f'{h} {acc[h]:.4f}' for h in HEADS) +
+          ('  (reused)' if reused else f'  ({seconds[run.name]:.0f} s)'), flush=True)
+
+  runs = runner.make_runs(seeds=seeds, seed_fields=('seed', 'data.seed'))
+  all_results = runner.run_variant(base_config(arg), _OUT.value, name, runs, train=timed_train, on_result=show)
+  return [{'seed': seed, 'test': r['test'], 'best_step': r['best_step'],
+           'seconds': seconds.get(run.name)}
+          for seed, run, r in zip(seeds, runs, all_results)]
 
 
 def main(argv):
@@ -77,17 +79,11 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   seeds = [int(s) for s in _SEEDS.value]
   runs, table = {}, {}
+  os.makedirs(_OUT.value, exist_ok=True)
   for name, arg in variants(_METHODS.value).items():
-    runs[name] = []
-    for seed in seeds:
-      results, seconds = run_one(name, arg, seed)
-      acc = {h: results['test'][h]['accuracy'] for h in HEADS}
-      runs[name].append({'seed': seed, 'test': results['test'], 'best_step': results['best_step'],
-                         'seconds': seconds})
-      print(f'{name:12s} seed {seed}: ' + '  '.join(f'{h} {acc[h]:.4f}' for h in HEADS) +
-            (f'  ({seconds:.0f} s)' if seconds else '  (reused)'), flush=True)
-    table[name] = {h: mean_std([r['test'][h]['accuracy'] for r in runs[name]]) for h in HEADS}
-    table[name]['fused_ece'] = mean_std([r['test']['fused']['ece'] for r in runs[name]])
+    runs[name] = run_variant(name, arg, seeds)
+    table[name] = {h: aggregate.mean_std([r['test'][h]['accuracy'] for r in runs[name]]) for h in HEADS}
+    table[name]['fused_ece'] = aggregate.mean_std([r['test']['fused']['ece'] for r in runs[name]])
 
   print(f'\ntest accuracy, mean ± std over seeds {seeds} (population std), %')
   print(f"{'variant':12s} " + ' '.join(f'{h:>14s}' for h in (*HEADS, 'fused ECE')))
@@ -115,7 +111,6 @@ def main(argv):
   summary = {'seeds': seeds, 'overrides': _SET.value, 'std': 'population (ddof=0)',
              'table': {n: {h: {'mean': m, 'std': s} for h, (m, s) in row.items()} for n, row in table.items()},
              'checks': checks, 'runs': runs}
-  os.makedirs(_OUT.value, exist_ok=True)
   with open(os.path.join(_OUT.value, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=2)
   print(f"\nwrote {os.path.join(_OUT.value, 'summary.json')}")

@@ -33,15 +33,25 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.eval_batch_size = 256
 
   c.model = ml_collections.ConfigDict()
-  c.model.encoder = 'auto'          # default encoder: auto (by input rank) | mlp | conv | frames
+  c.model.encoder = 'auto'          # default encoder: auto (by input rank) | mlp | conv | frames | resnet18 | conformer
   c.model.encoders = ml_collections.ConfigDict()  # per-modality override, e.g. {'video': 'frames'}
-  c.model.fusion = 'late_linear'    # late_linear | mid_mlp | mmcosine
+  c.model.fusion = 'late_linear'    # late_linear | mid_mlp | mmcosine | film | gated | transformer
   c.model.features = 128            # encoder output width D
   c.model.mlp_hidden = (256,)
   c.model.conv_widths = (16, 32, 64)
   c.model.mid_hidden = 64           # Mid-MLP inner width (authors: 64)
   c.model.dropout = 0.1             # Mid-MLP dropout (authors: 0.1)
   c.model.mmcosine_scale = 10.0     # MMCosine logit scale s (authors: 10)
+  c.model.resnet_width = 64         # resnet18 encoder: stem width w, features 8w (64 = standard ResNet-18)
+  c.model.dtype = 'float32'         # resnet18 compute dtype: float32 | bfloat16 (parameters stay float32)
+  c.model.conformer_bottleneck = 50  # conformer encoder: Conv1d(D_in -> 50, k=1) before the blocks (authors: 50)
+  c.model.conformer_dim = 512       # Conformer width, also of the transformer fusion (authors: 512)
+  c.model.conformer_layers = 5      # conformer encoder blocks (authors: 5)
+  c.model.conformer_heads = 8       # attention heads (authors: 8)
+  c.model.conformer_ff_mult = 4     # feed-forward expansion (authors: 4)
+  c.model.conformer_kernel = 31     # depthwise conv kernel (authors: 31)
+  c.model.conformer_dropout = 0.1   # every Conformer dropout (authors: 0.1)
+  c.model.fusion_layers = 2         # transformer fusion: Conformer blocks over the tokens (authors: 2)
 
   # Eq. 3: fused * CE(fused) + sum_i w_i * CE(unimodal_i); w_i = per_modality[i] or unimodal.
   c.loss = ml_collections.ConfigDict()

@@ -3,7 +3,10 @@
 Run:
   python run.py --config=configs/synthetic.py:method=mlb --workdir=/tmp/mlb
 Variants (comma-separated):
-  method=joint|multiloss|mlb   the training method (default mlb)
+  method=joint|multiloss|mlb|ogm|ogm_ge|mslr|agm|pmr|mmcosine
+                               the training method (default mlb); the baselines use
+                               the authors' released CREMA-D ResNet hyperparameters
+                               (METHODS.md §3.8), mmcosine also sets model.fusion
   unimodal=audio|video         train one modality alone (its encoder + head only):
                                the reference for "what the modality reaches alone"
   smoke                        a few tiny steps, for tests
@@ -40,6 +43,10 @@ def get_config(arg=None):
   c.balancing.apply_to = 'updates'
   c.balancing.alpha = 2.0
   c.balancing.beta_max = 4.0
+
+  # Baselines: released CREMA-D ResNet values (METHODS.md §3.8); base.py holds them.
+  if c.method == 'mmcosine':
+    c.model.fusion = 'mmcosine'
 
   c.model.encoders = {'audio': 'mlp', 'video': 'frames'}
   c.model.mlp_hidden = (64,)

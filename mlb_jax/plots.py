@@ -46,6 +46,10 @@ def plot_balancing(history: Mapping[str, list], modalities: Sequence[str], *, al
                    path: str, title: str = '', figsize=(13.0, 3.8)) -> Figure:
   """r_i (Eq. 5) and k_i over training, and k(r) of Eqs. 6-7 with the observed (r_i, k_i).
 
+  The history holds means over each logging window, and the mean of k is not
+  k of the mean r, so the observed points sit near the curve, on it only
+  where r_i changes little within a window (or with `train.log_every = 1`).
+
   Args:
     history: `aggregate.load_history(workdir)`; reads the train records'
       `ratio_<m>` and `scale_<m>`.
@@ -65,7 +69,7 @@ def plot_balancing(history: Mapping[str, list], modalities: Sequence[str], *, al
     _, k = _series(history['train'], f'scale_{m}')
     ax_r.plot(steps, r, label=m)
     ax_k.plot(steps, k, label=m)
-    ax_curve.scatter(r, k, s=8, alpha=0.5, label=f'{m} (observed)')
+    ax_curve.scatter(r, k, s=8, alpha=0.5, label=f'{m} (logged means)')
     observed_r.append(r)
     observed_k.append(k)
   for ax in (ax_r, ax_k):

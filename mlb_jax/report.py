@@ -5,7 +5,7 @@
 The report reads only what the runs left on disk (results.json,
 metrics.jsonl, test_predictions.npz), so it can be regenerated at any time,
 e.g. after more variants were added to the folder. Figures go to
-`figures/`, the numbers behind them to `summary.json`.
+`figures/`, the numbers behind them to `report.json`.
 """
 
 import json
@@ -18,15 +18,18 @@ from mlb_jax import analysis, losses, plots
 from mlb_jax.experiments import aggregate
 
 REPORT = 'report.md'
-SUMMARY = 'summary.json'
+SUMMARY = 'report.json'
 FIGURES = 'figures'
 
 
-def _unimodal_logits(run: aggregate.RunResult, collected, reference: Mapping[str, str] | None,
-                     modalities) -> dict[str, np.ndarray] | None:
-  """The unimodal predictions paired with `run`: its own heads, or the same-named run of a reference variant."""
+def _unimodal_logits(run: aggregate.RunResult, labels: np.ndarray, logits: dict, collected,
+                     reference: Mapping[str, str], modalities) -> dict[str, np.ndarray] | None:
+  """The unimodal predictions paired with `run` (whose test `labels` / `logits` are given).
+
+  Without `reference`: the run's own unimodal heads (None if one was not
+  trained). With it: modality m from the same-named run of variant reference[m].
+  """
   if not reference:
-    _, logits = aggregate.load_predictions(run.workdir)
     trained = aggregate.trained_heads(run.results)
     if any(m not in trained or m not in logits for m in modalities):
       return None
@@ -38,11 +41,12 @@ def _unimodal_logits(run: aggregate.RunResult, collected, reference: Mapping[str
     if not match:
       raise ValueError(f"reference variant '{variant}' (for {m}) has no finished run '{run.run}'; "
                        f'it has {[r.run for r in collected[variant]]}')
-    labels, logits = aggregate.load_predictions(match[0].workdir)
-    run_labels, _ = aggregate.load_predictions(run.workdir)
-    if m not in logits or not np.array_equal(labels, run_labels):
-      raise ValueError(f"'{match[0].workdir}' has no {m} logits for the same test set as '{run.workdir}'")
-    out[m] = logits[m]
+    if m not in aggregate.trained_heads(match[0].results):
+      raise ValueError(f"reference variant '{variant}' did not train a {m} head (zero loss weight)")
+    ref_labels, ref_logits = aggregate.load_predictions(match[0].workdir)
+    if m not in ref_logits or not np.array_equal(ref_labels, labels):
+      raise ValueError(f"'{match[0].workdir}' has no {m} logits for the test set of '{run.workdir}'")
+    out[m] = ref_logits[m]
   return out
 
 
@@ -55,8 +59,8 @@ def agreement_analyses(collected, *, reference: Mapping[str, str] | None = None,
     reference: {modality: variant} whose runs supply the unimodal predictions
       (separately trained unimodal models, as in the paper), paired by run
       name; default each variant's own unimodal heads.
-    modalities: the modalities defining the bins; default all of the first
-      multimodal variant's.
+    modalities: the modalities defining the bins; default the reference's,
+      else each variant's own.
 
   Returns:
     {variant: pooled Agreement} for every variant with a trained fused head
@@ -71,23 +75,16 @@ def agreement_analyses(collected, *, reference: Mapping[str, str] | None = None,
   for variant, runs in collected.items():
     if variant in reference.values() or losses.FUSED not in aggregate.trained_heads(runs[0].results):
       continue
-    if modalities:
-      names = tuple(modalities)
-    elif reference:
-      names = tuple(reference)
-    else:
-      names = aggregate.modalities_of(runs[0].results)
-    pooled = None
+    names = tuple(modalities or reference or aggregate.modalities_of(runs[0].results))
+    analyses = []
     for run in runs:
-      unimodal = _unimodal_logits(run, collected, reference, names)
-      if unimodal is None:
-        pooled = None
-        break
       labels, logits = aggregate.load_predictions(run.workdir)
-      one = analysis.agreement(labels, logits[losses.FUSED], unimodal, names)
-      pooled = one if pooled is None else pooled + one
-    if pooled is not None:
-      result[variant] = pooled
+      unimodal = _unimodal_logits(run, labels, logits, collected, reference, names)
+      if unimodal is None:
+        break
+      analyses.append(analysis.agreement(labels, logits[losses.FUSED], unimodal, names))
+    else:
+      result[variant] = sum(analyses[1:], analyses[0])
   return result
 
 

@@ -88,7 +88,7 @@ def agm_clip(grads, fusion_key: str = 'fusion'):
   """Clip all gradients to global norm 1 when a fusion gradient leaves [-1, 1]."""
   fusion = jax.tree.leaves(grads[fusion_key])
   trigger = jnp.any(jnp.stack([jnp.max(jnp.abs(g)) for g in fusion]) > 1.0)
-  norm = optax.global_norm(grads)
+  norm = optax.tree.norm(grads)
   factor = jnp.where(trigger, jnp.minimum(1.0, 1.0 / (norm + 1e-6)), 1.0)
   return jax.tree.map(lambda g: g * factor.astype(g.dtype), grads), {'clip_factor': factor}
 

@@ -85,6 +85,8 @@ def _experiment():
   if _CONFIG.value is None:
     raise ValueError(f'--mode={_MODE.value} needs --config')
   config, runs = _CONFIG.value, _runs(runner)
+  for run in runs:  # a missing seed/fold field fails now, not after the first variant trained
+    runner.with_fields(config, run.assignments)
   if not os.path.isdir(_OUT.value):
     os.makedirs(_OUT.value)
   if _MODE.value == 'sweep':

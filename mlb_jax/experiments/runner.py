@@ -117,7 +117,10 @@ def with_fields(config: ml_collections.ConfigDict, assignments: dict[str, Any]) 
     get_field(config, path)
     section, _, leaf = path.rpartition('.')
     target = get_field(config, section) if section else config
-    target[leaf] = value
+    try:
+      target[leaf] = value
+    except TypeError as e:  # ConfigDict keeps a field's type
+      raise ValueError(f"config field '{path}' cannot take {value!r}: {e}") from None
   return config
 
 
@@ -125,14 +128,19 @@ def _comparable(config_dict: dict) -> dict:
   return json.loads(json.dumps(config_dict))  # tuples become lists, as in results.json
 
 
-def _config_differences(a: dict, b: dict, prefix: str = '') -> list[str]:
+def _config_differences(stored: dict, now: dict, prefix: str = '') -> list[str]:
+  """Fields set in both configs to different values.
+
+  A field only one side has is not a difference: fields added to the configs
+  later (with defaults that keep the old behaviour) leave finished runs usable.
+  """
   out = []
-  for key in sorted(set(a) | set(b)):
-    va, vb = a.get(key, '<absent>'), b.get(key, '<absent>')
-    if isinstance(va, dict) and isinstance(vb, dict):
-      out += _config_differences(va, vb, f'{prefix}{key}.')
-    elif va != vb:
-      out.append(f'{prefix}{key}: {va!r} (stored) vs {vb!r} (now)')
+  for key in sorted(set(stored) & set(now)):
+    a, b = stored[key], now[key]
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _config_differences(a, b, f'{prefix}{key}.')
+    elif a != b:
+      out.append(f'{prefix}{key}: {a!r} (stored) vs {b!r} (now)')
   return out
 
 
@@ -171,8 +179,9 @@ def run_variant(config: ml_collections.ConfigDict, out: str, name: str, runs: Se
     The results dict of every run, in order.
 
   Raises:
-    ValueError: when a finished run's stored config differs from the one asked
-      for (reusing it would mix settings); a new `out` or variant name avoids it.
+    ValueError: when a finished run's stored config sets a field to another
+      value than the one asked for (reusing it would mix settings); a new
+      `out` or variant name avoids it.
   """
   train = train or loop.train_and_evaluate
   check_name(name)

@@ -7,15 +7,38 @@
 import functools
 from typing import Mapping
 
+import jax.numpy as jnp
+
+from mlb_jax.models.conformer import ConformerEncoder
 from mlb_jax.models.encoders import (ConvEncoder, FramesEncoder, MLPEncoder,
                                      auto_encoder_name)
-from mlb_jax.models.fusion import LateLinearFusion, MidMLPFusion, MMCosineFusion
-from mlb_jax.models.multimodal import ModelOutput, MultimodalClassifier
+from mlb_jax.models.fusion import (FiLMFusion, GatedFusion, LateLinearFusion, MidMLPFusion,
+                                   MMCosineFusion, TransformerFusion)
+from mlb_jax.models.multimodal import MASK_SUFFIX, ModelOutput, MultimodalClassifier
+from mlb_jax.models.resnet import ResNet18Encoder
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(model_cfg):
+  """`config.model.dtype` as a jnp dtype."""
+  if model_cfg.dtype not in DTYPES:
+    raise ValueError(f"unknown model.dtype '{model_cfg.dtype}'; expected one of {sorted(DTYPES)}")
+  return DTYPES[model_cfg.dtype]
+
 
 ENCODERS = {
     'mlp': lambda cfg: functools.partial(MLPEncoder, hidden=tuple(cfg.mlp_hidden), features=cfg.features),
     'conv': lambda cfg: functools.partial(ConvEncoder, widths=tuple(cfg.conv_widths), features=cfg.features),
     'frames': lambda cfg: functools.partial(FramesEncoder, widths=tuple(cfg.conv_widths), features=cfg.features),
+    # The paper's encoders: spectrogram / image / frames (8 * resnet_width features) ...
+    'resnet18': lambda cfg: functools.partial(ResNet18Encoder, width=cfg.resnet_width,
+                                              dtype=compute_dtype(cfg)),
+    # ... and pretrained frame features [T, D] (conformer_dim features).
+    'conformer': lambda cfg: functools.partial(
+        ConformerEncoder, bottleneck=cfg.conformer_bottleneck, dim=cfg.conformer_dim,
+        layers=cfg.conformer_layers, heads=cfg.conformer_heads, ff_mult=cfg.conformer_ff_mult,
+        kernel=cfg.conformer_kernel, dropout=cfg.conformer_dropout),
 }
 
 FUSIONS = {
@@ -27,6 +50,14 @@ FUSIONS = {
     'mmcosine': lambda cfg, modalities, num_classes: functools.partial(
         MMCosineFusion, modalities=tuple(modalities), num_classes=num_classes,
         scale=cfg.mmcosine_scale),
+    'film': lambda cfg, modalities, num_classes: functools.partial(
+        FiLMFusion, modalities=tuple(modalities), num_classes=num_classes),
+    'gated': lambda cfg, modalities, num_classes: functools.partial(
+        GatedFusion, modalities=tuple(modalities), num_classes=num_classes),
+    'transformer': lambda cfg, modalities, num_classes: functools.partial(
+        TransformerFusion, modalities=tuple(modalities), num_classes=num_classes,
+        dim=cfg.conformer_dim, layers=cfg.fusion_layers, heads=cfg.conformer_heads,
+        ff_mult=cfg.conformer_ff_mult, kernel=cfg.conformer_kernel, dropout=cfg.conformer_dropout),
 }
 
 

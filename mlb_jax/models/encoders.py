@@ -7,6 +7,10 @@ Every encoder maps one modality's batch to a feature vector [B, D]:
     one mean over all frames and positions jointly (the authors' temporal pooling
     for the visual ResNet, METHODS.md §4.1).
 The paper's ResNet-18 and Conformer encoders live in their own modules.
+
+With `return_tokens=True` each encoder also returns a token sequence
+[B, N, D'] for the Transformer fusion: the vector itself (MLP, N = 1) or the
+positions of the last feature map (conv: N = h w; frames: N = T h w).
 """
 
 from typing import Sequence
@@ -21,12 +25,13 @@ class MLPEncoder(nn.Module):
   features: int = 128
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, *, train: bool, return_tokens: bool = False):
     del train
     x = x.reshape(x.shape[0], -1).astype(jnp.float32)
     for width in self.hidden:
       x = nn.relu(nn.Dense(width)(x))
-    return nn.relu(nn.Dense(self.features)(x))
+    out = nn.relu(nn.Dense(self.features)(x))
+    return (out, out[:, None, :]) if return_tokens else out
 
 
 class ConvStack(nn.Module):
@@ -48,14 +53,15 @@ class ConvEncoder(nn.Module):
   features: int = 128
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, *, train: bool, return_tokens: bool = False):
     x = x.astype(jnp.float32)
     if x.ndim == 3:
       x = x[..., None]
     if x.ndim != 4:
       raise ValueError(f'ConvEncoder expects [B, H, W] or [B, H, W, C], got shape {x.shape}')
     x = ConvStack(self.widths)(x, train=train)
-    return nn.relu(nn.Dense(self.features)(jnp.mean(x, axis=(1, 2))))
+    out = nn.relu(nn.Dense(self.features)(jnp.mean(x, axis=(1, 2))))
+    return (out, x.reshape(x.shape[0], -1, x.shape[-1])) if return_tokens else out
 
 
 class FramesEncoder(nn.Module):
@@ -64,13 +70,14 @@ class FramesEncoder(nn.Module):
   features: int = 128
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, *, train: bool, return_tokens: bool = False):
     if x.ndim != 5:
       raise ValueError(f'FramesEncoder expects [B, T, H, W, C], got shape {x.shape}')
     b, t = x.shape[:2]
     maps = ConvStack(self.widths)(x.reshape((b * t,) + x.shape[2:]).astype(jnp.float32), train=train)
-    pooled = jnp.mean(maps.reshape(b, -1, maps.shape[-1]), axis=1)
-    return nn.relu(nn.Dense(self.features)(pooled))
+    tokens = maps.reshape(b, -1, maps.shape[-1])
+    out = nn.relu(nn.Dense(self.features)(jnp.mean(tokens, axis=1)))
+    return (out, tokens) if return_tokens else out
 
 
 def auto_encoder_name(sample_shape: tuple[int, ...]) -> str:

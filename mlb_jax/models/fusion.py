@@ -5,11 +5,13 @@ of per-modality terms also has `contributions(features) -> {m: [B, C]}`
 (OGM and MSLR score those terms, METHODS.md §3.3).
 """
 
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from mlb_jax.models import conformer
 
 
 def _torch_linear_init(fan_in: int):
@@ -93,3 +95,115 @@ class MMCosineFusion(nn.Module):
   def __call__(self, features: Mapping[str, jax.Array], *, train: bool):
     del train
     return sum(self.contributions(features).values())
+
+
+def _split_condition(modalities: Sequence[str], features: Mapping[str, jax.Array], name: str):
+  """(first modality's features, the others' concatenated): the conditioning and
+  the conditioned input of FiLM and Gated fusion."""
+  if len(modalities) < 2:
+    raise ValueError(f'{name} fusion needs at least 2 modalities, got {list(modalities)}')
+  rest = jnp.concatenate([features[m] for m in modalities[1:]], axis=-1)
+  return features[modalities[0]], rest
+
+
+def _torch_dense(features: int, fan_in: int, name: str) -> nn.Dense:
+  init = _torch_linear_init(fan_in)
+  return nn.Dense(features, kernel_init=init, bias_init=init, name=name)
+
+
+class FiLMFusion(nn.Module):
+  """FiLM (Perez et al., 2018) as the authors' `FiLM(512, 512, C)` (METHODS.md §4.3).
+
+  The first modality conditions the others: [gamma, beta] = Linear(f_1) (width
+  2D), z = Linear(gamma * f_rest + beta), where f_rest is the second modality
+  (M = 2, the authors' audio-conditions-video) or the concatenation of all
+  modalities after the first (M > 2). PyTorch's default Linear init.
+
+  Attributes: modalities (the first conditions); num_classes.
+  """
+  modalities: Sequence[str]
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, features: Mapping[str, jax.Array], *, train: bool):
+    del train
+    cond, rest = _split_condition(self.modalities, features, 'FiLM')
+    d = rest.shape[-1]
+    gamma, beta = jnp.split(_torch_dense(2 * d, cond.shape[-1], 'film')(cond), 2, axis=-1)
+    return _torch_dense(self.num_classes, d, 'out')(gamma * rest + beta)
+
+
+class GatedFusion(nn.Module):
+  """Gated fusion as the authors' `GatedFusion(512, 512, C)` (METHODS.md §4.3).
+
+  z = Linear(sigmoid(Linear(f_1)) * Linear(f_rest)): the first modality gates
+  the second (M = 2) or the concatenation of the others (M > 2); the gate and
+  value projections have the width of f_rest (512 for two ResNet-18s).
+
+  Attributes: modalities (the first gates); num_classes.
+  """
+  modalities: Sequence[str]
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, features: Mapping[str, jax.Array], *, train: bool):
+    del train
+    gate_in, rest = _split_condition(self.modalities, features, 'Gated')
+    d = rest.shape[-1]
+    gate = jax.nn.sigmoid(_torch_dense(d, gate_in.shape[-1], 'gate')(gate_in))
+    value = _torch_dense(d, d, 'value')(rest)
+    return _torch_dense(self.num_classes, d, 'out')(gate * value)
+
+
+class TransformerFusion(nn.Module):
+  """The authors' `TF_Fusion` (METHODS.md §4.3): a 2-layer Conformer over
+  [CLS, tokens of modality 1, ..., tokens of modality M], logits from CLS.
+
+  Each modality's token sequence (the encoder's un-pooled output, e.g. the 54
+  audio and 3 x 49 video ResNet positions on CREMA-D) gets its learned modality
+  token added (randn init, as the reference), then a linear projection to
+  `dim`. The reference projects the concatenated tokens with one shared
+  Linear(512 -> 512); a projection per modality is that map with untied
+  weights and lets modalities of different widths share the fusion. The
+  learned CLS token (randn) is prepended, positions padded in a modality's
+  `token_masks` entry are masked out of the attention.
+
+  Call: `fusion(features, train=..., tokens={m: [B, N_m, D_m]},
+  token_masks={m: bool [B, N_m]} (optional))`; `features` (pooled) are unused.
+
+  Attributes: modalities; num_classes; dim; layers; heads; ff_mult; kernel; dropout.
+  """
+  modalities: Sequence[str]
+  num_classes: int
+  dim: int = 512
+  layers: int = 2
+  heads: int = 8
+  ff_mult: int = 4
+  kernel: int = 31
+  dropout: float = 0.1
+
+  uses_tokens = True  # MultimodalClassifier passes the encoders' token sequences
+
+  @nn.compact
+  def __call__(self, features: Mapping[str, jax.Array], *, train: bool,
+               tokens: Optional[Mapping[str, jax.Array]] = None,
+               token_masks: Optional[Mapping[str, jax.Array]] = None):
+    del features
+    if tokens is None or set(self.modalities) - set(tokens):
+      raise ValueError('TransformerFusion needs the token sequences of every modality '
+                       f'{list(self.modalities)}, got {None if tokens is None else sorted(tokens)}')
+    token_masks = token_masks or {}
+    seqs, masks = [], []
+    for m in self.modalities:
+      t = tokens[m].astype(jnp.float32)
+      mod_token = self.param(f'token_{m}', nn.initializers.normal(1.0), (t.shape[-1],))
+      seqs.append(conformer.xavier_dense(self.dim, name=f'proj_{m}')(t + mod_token))
+      mask = token_masks.get(m)
+      masks.append(jnp.ones(t.shape[:2], bool) if mask is None else mask.astype(bool))
+    b = seqs[0].shape[0]
+    cls = self.param('cls_token', nn.initializers.normal(1.0), (self.dim,))
+    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.dim))] + seqs, axis=1)
+    mask = jnp.concatenate([jnp.ones((b, 1), bool)] + masks, axis=1)
+    x = conformer.Conformer(self.dim, self.layers, self.heads, self.ff_mult, self.kernel,
+                             self.dropout, project=False, name='conformer')(x, mask, train=train)
+    return _torch_dense(self.num_classes, self.dim, 'out')(x[:, 0])

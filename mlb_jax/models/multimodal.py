@@ -9,6 +9,12 @@ Besides `__call__`, the pieces are exposed for methods that need them
 (`model.apply(variables, ..., method='encode')` etc.): `encode` (one or all
 modalities), `heads` and `fuse`. AGM, for instance, re-encodes a zeroed
 modality in inference mode and fuses it with the other's training features.
+
+Two optional inputs reach the encoders and the fusion:
+  * a padding mask `batch['<modality>_mask']` (bool [B, T], True = real frame)
+    is passed to that modality's encoder as `mask=` (frame-feature encoders);
+  * a fusion with `uses_tokens = True` (Transformer fusion) also receives the
+    encoders' un-pooled token sequences {m: [B, N_m, D_m]} and their masks.
 """
 
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
@@ -17,6 +23,8 @@ import flax.linen as nn
 import jax
 
 from mlb_jax.losses import FUSED
+
+MASK_SUFFIX = '_mask'  # batch[m + MASK_SUFFIX]: padding mask of modality m
 
 
 class ModelOutput(NamedTuple):
@@ -41,8 +49,11 @@ class ModalityBranch(nn.Module):
     self.encoder = self.make_encoder()
     self.head = nn.Dense(self.num_classes)
 
-  def encode(self, x, *, train: bool):
-    return self.encoder(x, train=train)
+  def encode(self, x, *, train: bool, mask=None, return_tokens: bool = False):
+    kwargs = {} if mask is None else {'mask': mask}
+    if return_tokens:
+      kwargs['return_tokens'] = True
+    return self.encoder(x, train=train, **kwargs)
 
   def classify(self, features, *, detach: bool = False):
     return self.head(jax.lax.stop_gradient(features) if detach else features)
@@ -72,14 +83,33 @@ class MultimodalClassifier(nn.Module):
   def encode(self, batch: Mapping[str, jax.Array], *, train: bool,
              only: Optional[Sequence[str]] = None) -> dict[str, jax.Array]:
     """Pooled features {m: [B, D]} of every modality (or those in `only`)."""
-    return {m: self.branches[m].encode(batch[m], train=train) for m in (only or self.modalities)}
+    return {m: self.branches[m].encode(batch[m], train=train, mask=batch.get(m + MASK_SUFFIX))
+            for m in (only or self.modalities)}
+
+  def encode_tokens(self, batch: Mapping[str, jax.Array], *, train: bool,
+                    only: Optional[Sequence[str]] = None):
+    """(pooled features {m: [B, D]}, token sequences {m: [B, N_m, D_m]}, token
+    masks {m: bool [B, N_m]} for the modalities that have a padding mask)."""
+    features, tokens, masks = {}, {}, {}
+    for m in only or self.modalities:
+      mask = batch.get(m + MASK_SUFFIX)
+      features[m], tokens[m] = self.branches[m].encode(batch[m], train=train, mask=mask,
+                                                       return_tokens=True)
+      if mask is not None:
+        masks[m] = mask
+    return features, tokens, masks
 
   def heads(self, features: Mapping[str, jax.Array], *, detach: bool = False) -> dict[str, jax.Array]:
     """Unimodal logits {m: [B, C]}; `detach` makes them stop-gradient probes."""
     return {m: self.branches[m].classify(features[m], detach=detach) for m in self.modalities}
 
-  def fuse(self, features: Mapping[str, jax.Array], *, train: bool) -> jax.Array:
-    """Fused logits [B, C]."""
+  def fuse(self, features: Mapping[str, jax.Array], *, train: bool,
+           tokens: Optional[Mapping[str, jax.Array]] = None,
+           token_masks: Optional[Mapping[str, jax.Array]] = None) -> jax.Array:
+    """Fused logits [B, C]; `tokens`/`token_masks` (from `encode_tokens`) are
+    required by, and only passed to, a fusion with `uses_tokens`."""
+    if getattr(self.fusion_head, 'uses_tokens', False):
+      return self.fusion_head(features, train=train, tokens=tokens, token_masks=token_masks)
     return self.fusion_head(features, train=train)
 
   def __call__(self, batch: Mapping[str, Any], *, train: bool,
@@ -89,12 +119,16 @@ class MultimodalClassifier(nn.Module):
       train: BatchNorm batch statistics and dropout when True.
       detach_unimodal: unimodal heads see stop_gradient(features) (probes).
     """
-    features = self.encode(batch, train=train)
+    tokens = token_masks = None
+    if getattr(self.fusion_head, 'uses_tokens', False):
+      features, tokens, token_masks = self.encode_tokens(batch, train=train)
+    else:
+      features = self.encode(batch, train=train)
     logits = self.heads(features, detach=detach_unimodal)
     contributions = None
     if hasattr(self.fusion_head, 'contributions'):
       contributions = self.fusion_head.contributions(features)
       logits[FUSED] = sum(contributions[m] for m in self.modalities)
     else:
-      logits[FUSED] = self.fuse(features, train=train)
+      logits[FUSED] = self.fuse(features, train=train, tokens=tokens, token_masks=token_masks)
     return ModelOutput(logits, features, contributions)
