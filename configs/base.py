@@ -69,12 +69,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.balancing.ogm.alpha = 0.8         # ogm / ogm_ge
   c.balancing.ogm.start_epoch = 0
   c.balancing.ogm.end_epoch = 1500    # authors: always on
+  c.balancing.ogm.scale = 'kernels'   # kernels (OGM paper) | all (authors' code: BatchNorm too)
   c.balancing.mslr = ml_collections.ConfigDict()
   c.balancing.mslr.initial = ml_collections.ConfigDict({'audio': 0.9, 'video': 1.1})
   c.balancing.mslr.keep_epochs = 5    # K, epochs of validation accuracy remembered
   c.balancing.agm = ml_collections.ConfigDict()
   c.balancing.agm.alpha = 1.5
   c.balancing.agm.clip = True         # the authors' conditional clip to global norm 1
+  c.balancing.agm.reencode = 'both'   # both (AGM paper) | zeroed (authors' code: reuse the other's train features)
   c.balancing.pmr = ml_collections.ConfigDict()
   c.balancing.pmr.alpha = 1.75
   c.balancing.pmr.momentum = 0.0      # prototype momentum (authors: 0)

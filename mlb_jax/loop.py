@@ -82,7 +82,8 @@ def build(config) -> Experiment:
       num_classes=dataset.num_classes, feature_dims=feature_dims(model, dataset, modalities),
       fusion=config.model.fusion)
   method = balancing.make_method(config.method, modalities, config.balancing, ctx)
-  labels = functools.partial(optim.modality_labels, heads_scaled=not method.detach_unimodal)
+  labels = functools.partial(optim.modality_labels, heads_scaled=not method.detach_unimodal,
+                             kernels_only=method.scale_kernels_only)
   tx = optim.make_optimizer(config.optimizer, labels, config.balancing.apply_to)
   weights = losses.loss_weights(config.loss, modalities)
   return Experiment(config, dataset, modalities, model, method, tx, weights)

@@ -39,19 +39,30 @@ class ScaleByModalityState(NamedTuple):
 PROBE_SUFFIX = '/probe'
 
 
-def modality_labels(params: Mapping[str, Any], *, heads_scaled: bool = True) -> dict[str, Any]:
+UNSCALED_SUFFIX = '/unscaled'
+
+
+def modality_labels(params: Mapping[str, Any], *, heads_scaled: bool = True,
+                    kernels_only: bool = False) -> dict[str, Any]:
   """A label tree: every leaf of `params[key]` is labelled `key` (its top-level key).
 
   With `heads_scaled=False` a modality's unimodal head (`params[m]['head']`) is
   labelled `m + '/probe'` instead, so it keeps the base rate: for methods whose
   unimodal heads are stop-gradient probes, scaling them would only distort the
-  measurement.
+  measurement. With `kernels_only=True` only weight matrices/filters (leaves
+  named 'kernel') keep label `key`; biases and BatchNorm scales/offsets get
+  `key + '/unscaled'` (OGM as its paper defines it).
   """
   labels = {}
   for key, sub in params.items():
-    labels[key] = jax.tree.map(lambda _, k=key: k, sub)
-    if not heads_scaled and isinstance(sub, Mapping) and 'head' in sub:
-      labels[key] = {**labels[key], 'head': jax.tree.map(lambda _, k=key: k + PROBE_SUFFIX, sub['head'])}
+    def label(path, _, key=key):
+      names = [getattr(p, 'key', None) for p in path]
+      if not heads_scaled and names[:1] == ['head']:
+        return key + PROBE_SUFFIX
+      if kernels_only and names[-1:] != ['kernel']:
+        return key + UNSCALED_SUFFIX
+      return key
+    labels[key] = jax.tree_util.tree_map_with_path(label, sub)
   return labels
 
 

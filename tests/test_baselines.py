@@ -251,3 +251,44 @@ def test_every_method_trains_200_steps_without_nan(tmp_path, method, seed):
   config.seed = seed
   results = loop.train_and_evaluate(config, str(tmp_path / method))
   assert all(np.isfinite(d['loss']) for d in results['test'].values())
+
+
+def test_kernels_only_labels_leave_biases_and_batch_norm_unscaled():
+  params = {'audio': {'encoder': {'Conv_0': {'kernel': jnp.ones((3, 3, 1, 2))},
+                                  'BatchNorm_0': {'scale': jnp.ones(2), 'bias': jnp.zeros(2)},
+                                  'Dense_0': {'kernel': jnp.ones((2, 2)), 'bias': jnp.zeros(2)}},
+                      'head': {'kernel': jnp.ones((2, 3)), 'bias': jnp.zeros(3)}},
+            'fusion': {'kernel': jnp.ones((2, 3))}}
+  labels = optim.modality_labels(params, heads_scaled=False, kernels_only=True)
+  enc = labels['audio']['encoder']
+  assert enc['Conv_0']['kernel'] == 'audio' and enc['Dense_0']['kernel'] == 'audio'
+  assert enc['BatchNorm_0']['scale'] == 'audio/unscaled' and enc['Dense_0']['bias'] == 'audio/unscaled'
+  assert labels['audio']['head']['kernel'] == 'audio/probe'
+  assert labels['fusion']['kernel'] == 'fusion'
+  tx = optim.scale_by_modality(labels)
+  out, _ = tx.update(params, tx.init(params), modality_scales={'audio': jnp.float32(0.0)})
+  np.testing.assert_array_equal(out['audio']['encoder']['Conv_0']['kernel'], 0.0)
+  np.testing.assert_array_equal(out['audio']['encoder']['BatchNorm_0']['scale'], 1.0)
+  np.testing.assert_array_equal(out['audio']['head']['kernel'], 1.0)
+
+
+def test_agm_variants_count_their_passes_and_reject_unknown_ones():
+  assert agm.extra_forward_passes('both') == {'encoder': 4, 'fusion': 2}
+  assert agm.extra_forward_passes('zeroed') == {'encoder': 2, 'fusion': 2}
+  with pytest.raises(ValueError, match="reencode must be one of"):
+    agm.make_agm(modalities=('audio', 'video'), alpha=1.0, clip=True, reencode='nope')
+  with pytest.raises(ValueError, match="ogm.scale must be one of"):
+    ogm.make_ogm(modalities=('audio', 'video'), alpha=1.0, start_step=0, end_step=1,
+                 gradient_noise=False, scale='nope')
+
+
+@pytest.mark.parametrize('field, value', [('balancing.agm.reencode', 'zeroed'), ('balancing.ogm.scale', 'all')])
+def test_authors_variants_run(tmp_path, field, value):
+  config = method_config(field.split('.')[1], 3)
+  section, leaf = field.rsplit('.', 1)
+  target = config
+  for part in section.split('.'):
+    target = target[part]
+  target[leaf] = value
+  results = loop.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert all(np.isfinite(d['loss']) for d in results['test'].values())

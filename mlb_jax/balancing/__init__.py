@@ -48,7 +48,8 @@ def _ogm(gradient_noise):
   def make(modalities, cfg, ctx):
     return make_ogm(modalities=modalities, alpha=cfg.ogm.alpha,
                     start_step=_epochs_to_steps(cfg.ogm.start_epoch, ctx),
-                    end_step=_epochs_to_steps(cfg.ogm.end_epoch, ctx), gradient_noise=gradient_noise)
+                    end_step=_epochs_to_steps(cfg.ogm.end_epoch, ctx), gradient_noise=gradient_noise,
+                    scale=cfg.ogm.scale)
   return make
 
 
@@ -57,7 +58,7 @@ def _mslr(modalities, cfg, ctx):
 
 
 def _agm(modalities, cfg, ctx):
-  return make_agm(modalities=modalities, alpha=cfg.agm.alpha, clip=cfg.agm.clip)
+  return make_agm(modalities=modalities, alpha=cfg.agm.alpha, clip=cfg.agm.clip, reencode=cfg.agm.reencode)
 
 
 def _pmr(modalities, cfg, ctx):

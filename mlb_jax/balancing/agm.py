@@ -2,10 +2,16 @@
 (METHODS.md §3.5). Defined for exactly two modalities (a, v).
 
 Forward (inside the differentiated loss): besides the train-mode pass giving
-features f_a, f_v and fused logits z, two inference-mode passes re-encode one
-zeroed modality and reuse the other's train-mode features:
+features f_a, f_v and fused logits z, two inference-mode passes fuse a zeroed
+modality with the other one:
 
-    z_0v = F(enc_a(0), f_v),   z_a0 = F(f_a, enc_v(0))
+    z_0v = F(enc_a(0), g_v),   z_a0 = F(g_a, enc_v(0))
+
+With `reencode='both'` (the AGM paper and code, default) g_m is the
+inference-mode re-encoding of the real input: both encoders run in inference
+mode for every masked pass. With `reencode='zeroed'` (the MLB authors'
+shortcut, METHODS.md §3.5) g_m = f_m, the train-mode features.
+
     z_a  = (z - z_0v + z_a0) / 2,   z_v = (z - z_a0 + z_0v) / 2
 
 Coefficients (from stop-gradient z_a, z_v, before this step's backward):
@@ -18,9 +24,8 @@ Coefficients (from stop-gradient z_a, z_v, before this step's backward):
 
 The loss is CE(k_a * z_a + k_v * z_v) in the backward only: the fused logits
 keep the value z_a + z_v = z, while the gradient reaching z_a (z_v) is scaled by
-k_a (k_v). Only the zeroed encoder is re-run (2 extra encoder passes and 2
-extra fusion passes per step), as the authors' code; the original AGM re-runs
-both encoders.
+k_a (k_v). Cost per step: 'both' adds 4 encoder passes (one per modality and
+masked pass) and 2 fusion passes; 'zeroed' adds 2 encoder and 2 fusion passes.
 
 Gradient clipping (authors' `clip_grad: "AGM"`): when any fusion-head gradient
 leaves [-1, 1], all gradients are clipped to global norm 1.
@@ -93,8 +98,18 @@ def agm_clip(grads, fusion_key: str = 'fusion'):
   return jax.tree.map(lambda g: g * factor.astype(g.dtype), grads), {'clip_factor': factor}
 
 
-def make_agm(*, modalities: tuple[str, ...], alpha: float, clip: bool) -> Method:
+REENCODE_CHOICES = ('both', 'zeroed')
+
+
+def extra_forward_passes(reencode: str) -> dict[str, int]:
+  """Extra encoder and fusion passes per training step."""
+  return {'encoder': 4 if reencode == 'both' else 2, 'fusion': 2}
+
+
+def make_agm(*, modalities: tuple[str, ...], alpha: float, clip: bool, reencode: str = 'both') -> Method:
   require_two_modalities('AGM', modalities)
+  if reencode not in REENCODE_CHOICES:
+    raise ValueError(f"balancing.agm.reencode must be one of {REENCODE_CHOICES}, got '{reencode}'")
   if not alpha > 0:
     raise ValueError(f'AGM alpha must be > 0, got {alpha}')
   a, v = modalities
@@ -102,16 +117,17 @@ def make_agm(*, modalities: tuple[str, ...], alpha: float, clip: bool) -> Method
   def forward_hook(ctx: ForwardContext, state: AGMState):
     model, variables, features = ctx.model, ctx.variables, ctx.output.features
 
-    def reencode_zeroed(m):
-      zeros = {m: jnp.zeros_like(ctx.batch[m])}
-      return model.apply(variables, zeros, train=False, only=(m,), method='encode')[m]
+    def encode(m, zeroed):
+      x = jnp.zeros_like(ctx.batch[m]) if zeroed else ctx.batch[m]
+      return model.apply(variables, {m: x}, train=False, only=(m,), method='encode')[m]
 
     def fuse(feats):
       return model.apply(variables, feats, train=False, method='fuse')
 
+    other = {m: encode(m, False) if reencode == 'both' else features[m] for m in modalities}
     z = ctx.output.logits[FUSED]
-    z_zero_a = fuse({a: reencode_zeroed(a), v: features[v]})
-    z_zero_v = fuse({a: features[a], v: reencode_zeroed(v)})
+    z_zero_a = fuse({a: encode(a, True), v: other[v]})
+    z_zero_v = fuse({a: other[a], v: encode(v, True)})
     z_a, z_v = agm_contributions(z, z_zero_a, z_zero_v)
     sg = jax.lax.stop_gradient
     losses = jnp.stack([contribution_loss(sg(z_a), ctx.labels), contribution_loss(sg(z_v), ctx.labels)])

@@ -65,6 +65,8 @@ class Method(NamedTuple):
     epoch_input: None, 'val_accuracy' or 'prototypes'.
     epoch_update: optional `(state, inputs) -> state`, called by the loop at
       the start of every epoch (0-based `epoch` is part of the inputs).
+    scale_kernels_only: the scales reach only weight kernels of a modality's
+      subtree, not biases or BatchNorm parameters (OGM's paper).
   """
   name: str
   detach_unimodal: bool
@@ -77,6 +79,7 @@ class Method(NamedTuple):
   gradient_hook: Optional[Callable] = None
   epoch_input: Optional[str] = None
   epoch_update: Optional[Callable] = None
+  scale_kernels_only: bool = False
 
 
 def score_metrics(modalities, scores, ratios, scales) -> dict[str, jax.Array]:

@@ -19,6 +19,11 @@ noise is drawn in `mlb_jax.optim.scale_by_modality` from `noise_key`).
 
 The coefficients are active for steps in [start_step, end_step); outside the
 window k = 1 and no noise is added.
+
+Which parameters. OGM's paper (and code) modulates the encoders' weight
+kernels only; the MLB authors' re-implementation scales every encoder
+parameter, BatchNorm included (METHODS.md §3.3). `scale='kernels'` (default)
+follows the paper, `scale='all'` the authors' variant.
 """
 
 import jax
@@ -41,13 +46,18 @@ def ogm_coefficients(sum_scores: jax.Array, *, alpha: float) -> jax.Array:
   return jnp.where(rho > 1.0, 1.0 - jnp.tanh(alpha * jax.nn.relu(rho)), 1.0)
 
 
+SCALE_CHOICES = ('kernels', 'all')
+
+
 def make_ogm(*, modalities: tuple[str, ...], alpha: float, start_step: int, end_step: int,
-             gradient_noise: bool) -> Method:
+             gradient_noise: bool, scale: str = 'kernels') -> Method:
   """OGM (gradient_noise=False) or OGM-GE (True). Needs a fusion with per-modality contributions."""
   if len(modalities) < 2:
     raise ValueError(f'OGM needs at least 2 modalities, got {modalities}')
   if not alpha > 0:
     raise ValueError(f'OGM alpha must be > 0, got {alpha}')
+  if scale not in SCALE_CHOICES:
+    raise ValueError(f"balancing.ogm.scale must be one of {SCALE_CHOICES}, got '{scale}'")
 
   def coefficients(inputs: StepInputs, state):
     sums = modality_scores(inputs.logits, inputs.labels, modalities, 'probability') * inputs.labels.shape[0]
@@ -65,4 +75,5 @@ def make_ogm(*, modalities: tuple[str, ...], alpha: float, start_step: int, end_
 
   return Method('ogm_ge' if gradient_noise else 'ogm', detach_unimodal=True, init_state=lambda _: (),
                 coefficients=coefficients, unimodal_source='contributions',
-                optimizer_args=noise if gradient_noise else None)
+                optimizer_args=noise if gradient_noise else None,
+                scale_kernels_only=scale == 'kernels')

@@ -1,0 +1,30 @@
+"""UCF101 (51 classes with audio) with two ResNet-18 encoders (METHODS.md §5.3, §6), any method.
+
+Run (after `python -m data_pipelines.prepare --dataset=ucf101 ...`):
+  python run.py --config=configs/ucf101.py:method=mlb,fold=1 --config.data.dir=/data/ucf_prepared --workdir=w
+Variants: method=... (released hyperparameters, configs/released.py); fold=1|2|3 (the
+official split and the authors' seed 109/19/337); fusion=late_linear|mid_mlp|...; smoke.
+Adam lr 1e-3, wd 1e-4, batch 32, 780 constant-lr warm-up steps (METHODS.md §6).
+"""
+
+from configs import ave, base, datasets, paper, released
+
+
+def get_config(arg=None):
+  args = base.parse_arg(arg, {'method': 'mlb', 'fold': '1', 'fusion': 'late_linear', 'smoke': False})
+  fold = int(args['fold'])
+  if fold not in (1, 2, 3):
+    raise ValueError(f"fold must be 1, 2 or 3 (the official UCF101 splits), got {args['fold']}")
+  c = base.get_config()
+  c.seed = paper.fold_seed(fold - 1)
+  datasets.ucf101(c)
+  c.data.fold = fold
+  c.data.split_seed = c.seed          # the reference's validation carve-out uses the run seed
+  # About 4,000 training clips of the 51 classes // 32 = ~125 steps per epoch.
+  paper.resnet18_training(c, learning_rate=1e-3, warmup_steps=780, steps_per_epoch=125,
+                          num_steps=125 * 40)
+  c.model.fusion = args['fusion']
+  released.apply(c, 'ucf101', args['method'])
+  if args['smoke']:
+    ave._smoke(c, num_classes=51, frames=4)
+  return c
