@@ -62,7 +62,7 @@ def run_variant(name, arg, seeds):
     seconds[os.path.basename(workdir)] = time.time() - start
     return results
 
-  def show(run, results, reused):
+  def show(name, run, results, reused):
     acc = {h: results['test'][h]['accuracy'] for h in HEADS}
     print(f'{name:12s} {run.name}: ' + '  '.join(f'{h} {acc[h]:.4f}' for h in HEADS) +
           ('  (reused)' if reused else f'  ({seconds[run.name]:.0f} s)'), flush=True)

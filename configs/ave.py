@@ -10,7 +10,6 @@ Adam lr 1e-3, wd 1e-4, batch 32, 1500 constant-lr warm-up steps (METHODS.md §6)
 """
 
 from configs import base, datasets, paper, released
-from configs import synthetic as synthetic_config
 
 
 def get_config(arg=None):
@@ -25,18 +24,6 @@ def get_config(arg=None):
   c.model.fusion = args['fusion']
   released.apply(c, 'ave', args['method'])
   if args['smoke']:
-    _smoke(c, num_classes=28, frames=4)
+    paper.smoke(c, num_classes=28, frames=4)
   return c
 
-
-def _smoke(c, *, num_classes, frames):
-  c.data = synthetic_config.get_config('smoke').data
-  c.data.num_classes = num_classes
-  c.data.audio_shape = (32, 24)
-  c.data.video_shape = (frames, 32, 32, 3)
-  c.data.batch_size = c.data.eval_batch_size = 8
-  c.model.resnet_width = 8
-  c.optimizer.warmup_steps = 1
-  c.train.num_steps = 2
-  c.train.eval_every = 2
-  c.train.log_every = 1

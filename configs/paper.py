@@ -8,6 +8,8 @@ updates then cosine annealing with warm restarts every 4 * 2^n steps.
 
 import ml_collections
 
+from configs import synthetic as synthetic_config
+
 SEEDS = (109, 19, 337)  # the authors' seed for --fold 0, 1, 2 (METHODS.md §6)
 
 
@@ -41,3 +43,18 @@ def fold_seed(fold: int) -> int:
   if fold not in range(len(SEEDS)):
     raise ValueError(f"fold must be 0, 1 or 2 (the authors' --fold), got {fold}")
   return SEEDS[fold]
+
+
+def smoke(c: ml_collections.ConfigDict, *, num_classes: int, frames: int) -> ml_collections.ConfigDict:
+  """Synthetic data in the dataset's layout at small size, width-8 ResNets, two steps (tests)."""
+  c.data = synthetic_config.get_config('smoke').data
+  c.data.num_classes = num_classes
+  c.data.audio_shape = (32, 24)             # [F, T]
+  c.data.video_shape = (frames, 32, 32, 3)  # [frames, H, W, RGB]
+  c.data.batch_size = c.data.eval_batch_size = 8
+  c.model.resnet_width = 8
+  c.optimizer.warmup_steps = 1
+  c.train.num_steps = 2
+  c.train.eval_every = 2
+  c.train.log_every = 1
+  return c

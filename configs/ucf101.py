@@ -7,7 +7,7 @@ official split and the authors' seed 109/19/337); fusion=late_linear|mid_mlp|...
 Adam lr 1e-3, wd 1e-4, batch 32, 780 constant-lr warm-up steps (METHODS.md §6).
 """
 
-from configs import ave, base, datasets, paper, released
+from configs import base, datasets, paper, released
 
 
 def get_config(arg=None):
@@ -26,5 +26,5 @@ def get_config(arg=None):
   c.model.fusion = args['fusion']
   released.apply(c, 'ucf101', args['method'])
   if args['smoke']:
-    ave._smoke(c, num_classes=51, frames=4)
+    paper.smoke(c, num_classes=51, frames=4)
   return c

@@ -7,6 +7,10 @@ Modules:
   models     encoders, fusion heads and `MultimodalClassifier`
   steps      pure `train_step` / `eval_step`
   loop       training and evaluation driver (files, logs, checkpoints)
+  experiments  seeds/folds runner, mean ± std aggregation, sweeps (`python -m mlb_jax.experiments`)
+  analysis   unimodal agreement (Figure 4) and per-class accuracy
+  plots      the paper's figures as PNG files
+  report     report.md of an experiment folder
 """
 
 __version__ = '0.1.0'

@@ -82,7 +82,7 @@ def plot_balancing(history: Mapping[str, list], modalities: Sequence[str], *, al
   r_max = max(3.0, float(np.nanmax(r_obs[np.isfinite(r_obs)], initial=0.0)) * 1.05)
   grid = np.linspace(0.0, r_max, 400)
   curve = np.asarray(coefficients_from_ratios(grid, alpha=alpha, beta_max=beta_max))
-  ax_curve.plot(grid, curve, color='black', lw=1.5, label=f'Eq. 7, α={alpha:g}, β_max={beta_max:g}')
+  ax_curve.plot(grid, curve, color='black', lw=1.5, label=f'MLB k(r), Eq. 7, α={alpha:g}, β_max={beta_max:g}')
   ax_curve.axhline(1.0, color='grey', lw=0.8, ls=':')
   ax_curve.axvline(1.0, color='grey', lw=0.8, ls=':')
   ax_curve.set_xlabel('performance ratio r')

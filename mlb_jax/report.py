@@ -125,7 +125,7 @@ def _figure(md: list[str], out: str, name: str, alt: str, plot, *args, **kwargs)
 
 
 def write_report(out: str, *, std: str = 'population', reference: Mapping[str, str] | None = None,
-                 title: str = '') -> str:
+                 title: str = '', command: str | None = None) -> str:
   """Aggregates `out`, draws the figures and writes `out/report.md`; returns its path.
 
   Args:
@@ -133,6 +133,8 @@ def write_report(out: str, *, std: str = 'population', reference: Mapping[str, s
     std: 'population' (ddof = 0, the paper's) or 'sample' (ddof = 1).
     reference: {modality: variant} for the agreement analysis (see `agreement_analyses`).
     title: the report's heading; default the folder name.
+    command: the command line writing the report, listed after the ones that
+      trained the variants (recorded in experiment.json).
   """
   collected = aggregate.collect(out)
   if not collected:
@@ -143,6 +145,10 @@ def write_report(out: str, *, std: str = 'population', reference: Mapping[str, s
   md = [f"# {title or os.path.basename(os.path.abspath(out))}", '']
   md.append('Variants: ' + '; '.join(f"**{v}** (method `{row['method']}`, runs {', '.join(row['runs'])})"
                                      for v, row in summary.items()) + '.')
+  recorded = aggregate.commands(out)
+  lines = [recorded[v] for v in summary if v in recorded] + ([command] if command else [])
+  if lines:
+    md += ['', 'Produced by:', '', '```bash', *dict.fromkeys(lines), '```']
   md += ['', '## Test accuracy', '', aggregate.markdown_table(summary, std), '']
   _figure(md, out, 'comparison.png', 'test accuracy per variant and head', plots.plot_comparison, summary,
           title=f'test accuracy, mean ± {std} std')

@@ -258,8 +258,8 @@ def test_mlb_method_correct_score_uses_counts():
 
 
 def test_unknown_method_raises():
-  with pytest.raises(ValueError, match='ogm_ge'):
-    make_method('ogm_ge', MODALITIES, _cfg())
+  with pytest.raises(ValueError, match="unknown method 'ogm_gx'"):
+    make_method('ogm_gx', MODALITIES, _cfg())
 
 
 def test_unknown_score_raises():

@@ -20,7 +20,9 @@ N_TEST = 20
 
 def results_json(config, test_acc, val_acc=None, best_step=10):
   """A results.json payload as `loop.write_results` writes it, from accuracies per head."""
-  head = lambda a: {'accuracy': a, 'ece': 0.05, 'loss': 1.0}  # noqa: E731
+  def head(accuracy):
+    return {'accuracy': accuracy, 'ece': 0.05, 'loss': 1.0}
+
   payload = {'method': config.method, 'best_step': best_step,
              'test': {h: head(a) for h, a in test_acc.items()},
              'config': json.loads(json.dumps(config.to_dict()))}
@@ -66,6 +68,8 @@ def test_fields_are_typed_and_checked():
     runner.parse_value(config, 'balancing.alpha', 'big')
   with pytest.raises(ValueError, match="no field 'data.fold' \\('fold' is not in data\\)"):
     runner.with_fields(config, {'data.fold': 0})
+  with pytest.raises(ValueError, match="config field 'seed' cannot take 'abc'"):
+    runner.with_fields(config, {'seed': 'abc'})
   changed = runner.with_fields(config, {'seed': 5, 'balancing.beta_max': 3.0})
   assert (changed.seed, changed.balancing.beta_max) == (5, 3.0)
   assert (config.seed, config.balancing.beta_max) == (0, 4.0)  # the input is left alone
@@ -194,9 +198,9 @@ def test_runner_skips_finished_runs_and_resumes_the_rest(tmp_path):
   os.makedirs(tmp_path / 'mlb' / 'seed_1')
   seen = []
   results = runner.run_variant(config, str(tmp_path), 'mlb', runs, train=train,
-                               on_result=lambda run, res, reused: seen.append((run.name, reused)))
+                               on_result=lambda name, run, res, reused: seen.append((name, run.name, reused)))
   assert train.calls == [str(tmp_path / 'mlb' / 'seed_1'), str(tmp_path / 'mlb' / 'seed_2')]
-  assert seen == [('seed_0', True), ('seed_1', False), ('seed_2', False)]
+  assert seen == [('mlb', 'seed_0', True), ('mlb', 'seed_1', False), ('mlb', 'seed_2', False)]
   assert results[0]['test']['fused']['accuracy'] == 0.9  # the stored run, not retrained
   assert [r['config']['data']['seed'] for r in results] == [0, 1, 2]
   runner.run_variant(config, str(tmp_path), 'mlb', runs, train=train)  # everything finished: nothing trains
@@ -263,7 +267,7 @@ def test_sweep_selects_on_validation_only(tmp_path):
   assert chosen['val']['mean'] == pytest.approx(0.71)
   assert chosen['test']['mean'] == pytest.approx(0.625) and chosen['test']['std'] == pytest.approx(0.025)
   text = (tmp_path / sweep.SWEEP_MD).read_text()
-  assert '| alpha=1 **(chosen)** | 71.00 ± 1.00 |' in text
+  assert '| alpha=1 **(chosen)** | 71.00 ± 1.00 |' in text and '(mean ± std, population (ddof=0), %)' in text
   assert 'Chosen: **alpha=1** — validation 71.00 ± 1.00, test 62.50 ± 2.50.' in text
   assert '80.' not in text  # other points' test accuracy is not shown
   assert json.load(open(tmp_path / sweep.SWEEP_JSON))['chosen']['name'] == 'alpha=1'
@@ -307,45 +311,44 @@ def run_cli(*args, timeout=600):
                         capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope='module')
-def cli_experiment(tmp_path_factory):
-  out = tmp_path_factory.mktemp('cli') / 'exp'
+def test_cli_trains_reports_continues_and_logs_tensorboard(tmp_path):
+  """One real (smoke) training through the command line; everything else here uses fake runs."""
+  from tensorboard.backend.event_processing import event_accumulator
+  import tensorflow as tf
+
+  out = tmp_path / 'exp'
   args = ['--config=configs/synthetic.py:smoke', '--methods=mlb', '--seeds=0', '--seed_fields=seed,data.seed',
           f'--out={out}']
   first = run_cli(*args)
   assert first.returncode == 0, first.stderr[-3000:]
-  stamp = os.stat(out / 'mlb' / 'seed_0' / loop.RESULTS).st_mtime_ns
-  second = run_cli(*args, '--noreport')
-  return out, first, second, stamp
-
-
-def test_cli_trains_reports_and_continues(cli_experiment):
-  out, first, second, stamp = cli_experiment
+  workdir = out / 'mlb' / 'seed_0'
+  stamp = os.stat(workdir / loop.RESULTS).st_mtime_ns
   assert 'mlb seed_0: test accuracy fused' in first.stdout and '(reused)' not in first.stdout
-  results = json.load(open(out / 'mlb' / 'seed_0' / loop.RESULTS))
+  results = json.load(open(workdir / loop.RESULTS))
   assert results['method'] == 'mlb' and results['config']['data']['seed'] == 0
-  assert (out / report.REPORT).exists() and (out / 'figures' / 'balancing_mlb_seed_0.png').exists()
+  assert (out / 'figures' / 'balancing_mlb_seed_0.png').exists()
+  command = json.load(open(out / runner.EXPERIMENT))['commands']['mlb']
+  assert command == 'python -m mlb_jax.experiments ' + ' '.join(args)
+  assert command in (out / report.REPORT).read_text()
+
+  second = run_cli(*args, '--noreport')  # the same command again: the finished run is reused
   assert second.returncode == 0 and 'mlb seed_0: test accuracy' in second.stdout and '(reused)' in second.stdout
-  assert os.stat(out / 'mlb' / 'seed_0' / loop.RESULTS).st_mtime_ns == stamp  # not retrained
+  assert os.stat(workdir / loop.RESULTS).st_mtime_ns == stamp
+
+  # TensorBoard reads the scalars the loop logged through CLU (stored as tensors, STACK.md §7)
+  events = glob.glob(str(workdir / 'events.out.tfevents.*'))
+  assert len(events) == 1
+  acc = event_accumulator.EventAccumulator(events[0], size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  tags = set(acc.Tags()['tensors'])
+  for tag in ('train/loss', 'train/scale_audio', 'train/ratio_video', 'val/accuracy_fused', 'val/ece_fused'):
+    assert tag in tags, sorted(tags)
+  history = aggregate.load_history(str(workdir))
+  logged = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors('train/loss')}
+  assert logged == pytest.approx({r['step']: r['loss'] for r in history['train']})
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path):
   bad = run_cli('--config=configs/synthetic.py:smoke', '--seeds=0', '--folds=0', f'--out={tmp_path / "x"}')
   assert bad.returncode == 1
   assert "error: config has no field 'data.fold'" in bad.stderr
-
-
-def test_tensorboard_sees_the_training_scalars(cli_experiment):
-  from tensorboard.backend.event_processing import event_accumulator
-  import tensorflow as tf
-  out = cli_experiment[0]
-  events = glob.glob(str(out / 'mlb' / 'seed_0' / 'events.out.tfevents.*'))
-  assert len(events) == 1
-  acc = event_accumulator.EventAccumulator(events[0], size_guidance={event_accumulator.TENSORS: 0})
-  acc.Reload()
-  tags = set(acc.Tags()['tensors'])  # CLU writes scalars as tensors (STACK.md §7)
-  for tag in ('train/loss', 'train/scale_audio', 'train/ratio_video', 'val/accuracy_fused', 'val/ece_fused'):
-    assert tag in tags, sorted(tags)
-  history = aggregate.load_history(str(out / 'mlb' / 'seed_0'))
-  logged = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors('train/loss')}
-  assert logged == pytest.approx({r['step']: r['loss'] for r in history['train']})

@@ -23,5 +23,5 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
   outputs = [o for cell in nb.cells if cell.cell_type == 'code' for o in cell.outputs]
   assert not [o for o in outputs if o.output_type == 'error']
   images = [o for o in outputs if o.output_type == 'display_data' and 'image/png' in o.data]
-  assert len(images) == 5  # comparison, ECE, agreement, balancing, accuracy x2 - 1 (see below)
+  assert len(images) == 6  # comparison, ECE, agreement, balancing, accuracy of joint and of mlb
   assert os.path.isfile(tmp_path / 'quickstart' / 'report.md')

@@ -42,10 +42,12 @@ def history(steps=20):
 def summary():
   def stat(mean, std):
     return {'mean': mean, 'std': std, 'values': [mean - std, mean + std]}
-  row = lambda base: {  # noqa: E731
-      'heads': ['fused', 'audio', 'video'], 'runs': ['seed_0', 'seed_1'],
-      'test': {h: {'accuracy': stat(base + d, 0.02), 'ece': stat(0.1 - d / 2, 0.01)}
-               for h, d in (('fused', 0.1), ('audio', 0.05), ('video', 0.0))}}
+
+  def row(base):
+    return {'heads': ['fused', 'audio', 'video'], 'runs': ['seed_0', 'seed_1'],
+            'test': {h: {'accuracy': stat(base + d, 0.02), 'ece': stat(0.1 - d / 2, 0.01)}
+                     for h, d in (('fused', 0.1), ('audio', 0.05), ('video', 0.0))}}
+
   out = {'joint': row(0.5), 'mlb': row(0.6)}
   out['video_alone'] = {'heads': ['video'], 'runs': ['seed_0'],
                         'test': {'video': {'accuracy': stat(0.55, float('nan')), 'ece': stat(0.05, float('nan'))}}}
@@ -62,7 +64,7 @@ def test_plot_balancing(tmp_path):
   assert ax_k.get_ylabel() == 'balancing coefficient k_i'
   assert (ax_curve.get_xlabel(), ax_curve.get_ylabel()) == ('performance ratio r', 'coefficient k(r)')
   # the analytic curve is Eq. 7 for the given alpha / beta_max: k(0) = 1 - tanh(2), k(1) = 1, k -> 4
-  curve = [line for line in ax_curve.get_lines() if line.get_label().startswith('Eq. 7')][0]
+  curve = [line for line in ax_curve.get_lines() if line.get_label().startswith('MLB k(r), Eq. 7, α=2')][0]
   r, k = curve.get_data()
   np.testing.assert_allclose(k[0], 1 - np.tanh(2.0), rtol=1e-5)
   np.testing.assert_allclose(np.interp(1.0, r, k), 1.0, atol=0.05)

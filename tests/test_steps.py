@@ -139,8 +139,11 @@ def test_batch_norm_statistics_update_in_training_only():
   assert all(jax.tree.leaves(changed))
   eval_step = steps.make_eval_step(model=model)
   logits = eval_step(new, make_batch())
-  assert set(logits) == {'fused', *MODALITIES}
+  # late_linear decomposes per modality, so eval also returns each modality's share
+  assert set(logits) == {'fused', *MODALITIES, *(f'contribution_{m}' for m in MODALITIES)}
   assert all(v.shape == (8, NUM_CLASSES) for v in logits.values())
+  np.testing.assert_allclose(logits['contribution_audio'] + logits['contribution_video'], logits['fused'],
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_eval_is_deterministic_and_batch_independent():

@@ -2,14 +2,15 @@
 
   # methods over 3 seeds on the embedded benchmark, then out/report.md
   python -m mlb_jax.experiments --config=configs/synthetic.py --methods=joint,multiloss,mlb \\
-      --seeds=0,1,2 --seed_fields=seed,data.seed --out=experiments/synthetic
-  # the paper's protocol: fold i with seed [109, 19, 337][i]
-  python -m mlb_jax.experiments --config=configs/cremad_mlb.py --folds=0,1,2 --seeds=109,19,337 --out=...
+      --seeds=0,1,2 --seed_fields=seed,data.seed --out=workdirs/synthetic
+  # the paper's protocol: CREMA-D VAVL folds 1-3 paired with seeds 109, 19, 337
+  python -m mlb_jax.experiments --config=configs/cremad_mlb.py:method=mlb --config.data.dir=... \\
+      --folds=1,2,3 --seeds=109,19,337 --name=mlb --out=workdirs/cremad
   # a grid search selected on validation accuracy
   python -m mlb_jax.experiments --mode=sweep --config=configs/synthetic.py:method=mlb \\
-      --grid=balancing.alpha=0.5,1,2 --grid=balancing.beta_max=2,4 --seeds=0,1 --out=experiments/sweep
+      --grid=balancing.alpha=0.5,1,2 --grid=balancing.beta_max=2,4 --seeds=0,1 --out=workdirs/sweep
   # the report again (e.g. after adding variants), agreement against unimodal runs
-  python -m mlb_jax.experiments --mode=report --out=experiments/synthetic \\
+  python -m mlb_jax.experiments --mode=report --out=workdirs/synthetic \\
       --reference=audio=audio_alone,video=video_alone
 
 Every run lives in `<out>/<variant>/<run>/`; finished runs (results.json
@@ -22,6 +23,7 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
+import shlex  # noqa: E402
 import sys  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
@@ -34,7 +36,8 @@ _MODE = flags.DEFINE_enum('mode', 'run', ['run', 'sweep', 'report'],
                           'report: only (re)write the report of --out.')
 _OUT = flags.DEFINE_string('out', None, 'The experiment folder.', required=True)
 _METHODS = flags.DEFINE_list('methods', [], 'Variants that differ only in config.method (folder = method); '
-                             'default the config as given.')
+                             'default the config as given. Where the config\'s method= argument sets more '
+                             '(released hyperparameters), run one command per method with --name instead.')
 _NAME = flags.DEFINE_string('name', None, 'Folder of a single variant; default config.method.')
 _SEEDS = flags.DEFINE_list('seeds', [], 'Seeds; each sets every field of --seed_fields.')
 _FOLDS = flags.DEFINE_list('folds', [], 'Folds/splits; each sets --fold_field. With --seeds, paired in order.')
@@ -51,12 +54,10 @@ _RANDOM = flags.DEFINE_integer('random', 0, 'sweep: draw this many points (0: th
 _SWEEP_SEED = flags.DEFINE_integer('sweep_seed', 0, 'sweep: seed of the random draw.')
 
 
-def _print_run(variant):
-  def on_result(run, results, reused):
-    test = results['test']
-    print(f'{variant} {run.name}: test accuracy ' + ', '.join(f"{h} {d['accuracy']:.4f}" for h, d in test.items())
-          + (' (reused)' if reused else ''), flush=True)
-  return on_result
+def _print_run(variant, run, results, reused):
+  test = results['test']
+  print(f'{variant} {run.name}: test accuracy ' + ', '.join(f"{h} {d['accuracy']:.4f}" for h, d in test.items())
+        + (' (reused)' if reused else ''), flush=True)
 
 
 def _reference():
@@ -78,8 +79,10 @@ def _experiment():
   from mlb_jax import report
   from mlb_jax.experiments import aggregate, runner, sweep
 
+  command = ' '.join(['python -m mlb_jax.experiments', *map(shlex.quote, sys.argv[1:])])
   if _MODE.value == 'report':
-    path = report.write_report(_OUT.value, std=_STD.value, reference=_reference(), title=_TITLE.value)
+    path = report.write_report(_OUT.value, std=_STD.value, reference=_reference(), title=_TITLE.value,
+                               command=command)
     print(f'wrote {path}')
     return
   if _CONFIG.value is None:
@@ -87,13 +90,13 @@ def _experiment():
   config, runs = _CONFIG.value, _runs(runner)
   for run in runs:  # a missing seed/fold field fails now, not after the first variant trained
     runner.with_fields(config, run.assignments)
-  if not os.path.isdir(_OUT.value):
-    os.makedirs(_OUT.value)
+  os.makedirs(_OUT.value, exist_ok=True)
   if _MODE.value == 'sweep':
     space = sweep.parse_space(config, _GRID.value)
     points = (sweep.random_points(space, _RANDOM.value, _SWEEP_SEED.value) if _RANDOM.value
               else sweep.grid_points(space))
-    summary = sweep.run_sweep(config, _OUT.value, points, runs, std=_STD.value, on_result=_print_run('sweep'))
+    summary = sweep.run_sweep(config, _OUT.value, points, runs, std=_STD.value, on_result=_print_run,
+                              command=command)
     print(sweep.sweep_markdown(summary))
     return
   if _METHODS.value and _NAME.value:
@@ -101,12 +104,13 @@ def _experiment():
   variants = ({m: runner.with_fields(config, {'method': m}) for m in _METHODS.value} if _METHODS.value
               else {_NAME.value or config.method: config})
   for name, variant_config in variants.items():
-    runner.run_variant(variant_config, _OUT.value, name, runs, on_result=_print_run(name))
+    runner.run_variant(variant_config, _OUT.value, name, runs, on_result=_print_run, command=command)
   summary = aggregate.summarize_experiment(
       {v: r for v, r in aggregate.collect(_OUT.value).items() if v in variants}, _STD.value)
   print(aggregate.markdown_table(summary, _STD.value))
   if _REPORT.value:
-    path = report.write_report(_OUT.value, std=_STD.value, reference=_reference(), title=_TITLE.value)
+    path = report.write_report(_OUT.value, std=_STD.value, reference=_reference(), title=_TITLE.value,
+                               command=command)
     print(f'wrote {path}')
 
 

@@ -65,6 +65,12 @@ def load_results(path: str) -> dict:
   return results
 
 
+def commands(out: str) -> dict[str, str]:
+  """{variant: the command line that ran it}, as recorded in experiment.json."""
+  path = os.path.join(out, runner.EXPERIMENT)
+  return json.load(open(path)).get('commands', {}) if os.path.exists(path) else {}
+
+
 def collect(out: str) -> dict[str, list[RunResult]]:
   """{variant: finished runs} of an experiment folder.
 

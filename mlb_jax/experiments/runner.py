@@ -144,16 +144,21 @@ def _config_differences(stored: dict, now: dict, prefix: str = '') -> list[str]:
   return out
 
 
-def record_variant(out: str, name: str) -> None:
-  """Adds `name` to out/experiment.json (the order the report lists variants in)."""
+def record_variant(out: str, name: str, command: str | None = None) -> None:
+  """Adds `name` to out/experiment.json (the order the report lists variants in).
+
+  `command`, the command line that ran the variant, is kept for the report.
+  """
   path = os.path.join(out, EXPERIMENT)
   meta = json.load(open(path)) if os.path.exists(path) else {'variants': []}
   if name not in meta['variants']:
     meta['variants'].append(name)
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(meta, f, indent=2)
-    os.replace(tmp, path)
+  if command:
+    meta.setdefault('commands', {})[name] = command
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(meta, f, indent=2)
+  os.replace(tmp, path)
 
 
 def check_name(name: str) -> str:
@@ -164,7 +169,8 @@ def check_name(name: str) -> str:
 
 def run_variant(config: ml_collections.ConfigDict, out: str, name: str, runs: Sequence[Run], *,
                 train: Callable[[ml_collections.ConfigDict, str], dict] | None = None,
-                on_result: Callable[[Run, dict, bool], None] | None = None) -> list[dict]:
+                on_result: Callable[[str, Run, dict, bool], None] | None = None,
+                command: str | None = None) -> list[dict]:
   """Trains `config` once per run in `out/<name>/<run.name>`; finished runs are reused.
 
   Args:
@@ -173,7 +179,8 @@ def run_variant(config: ml_collections.ConfigDict, out: str, name: str, runs: Se
     name: the variant's folder name (e.g. the method).
     runs: from `make_runs`.
     train: `(config, workdir) -> results`; default `loop.train_and_evaluate`.
-    on_result: called as `(run, results, reused)` after each run.
+    on_result: called as `(name, run, results, reused)` after each run.
+    command: the command line, recorded in experiment.json for the report.
 
   Returns:
     The results dict of every run, in order.
@@ -187,7 +194,7 @@ def run_variant(config: ml_collections.ConfigDict, out: str, name: str, runs: Se
   check_name(name)
   out = loop.check_workdir(out)
   os.makedirs(os.path.join(out, name), exist_ok=True)
-  record_variant(out, name)
+  record_variant(out, name, command)
   all_results = []
   for run in runs:
     run_config = with_fields(config, run.assignments)
@@ -204,5 +211,5 @@ def run_variant(config: ml_collections.ConfigDict, out: str, name: str, runs: Se
       results = train(run_config, workdir)
     all_results.append(results)
     if on_result is not None:
-      on_result(run, results, reused)
+      on_result(name, run, results, reused)
   return all_results

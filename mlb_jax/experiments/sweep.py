@@ -113,7 +113,8 @@ def point_name(point: dict[str, Any]) -> str:
 def run_sweep(config: ml_collections.ConfigDict, out: str, points: Sequence[dict[str, Any]],
               runs: Sequence[runner.Run], *, std: str = 'population',
               train: Callable[[ml_collections.ConfigDict, str], dict] | None = None,
-              on_result: Callable[[runner.Run, dict, bool], None] | None = None) -> dict:
+              on_result: Callable[[str, runner.Run, dict, bool], None] | None = None,
+              command: str | None = None) -> dict:
   """Trains every point over `runs`, picks the best mean validation accuracy, writes sweep.json/.md.
 
   Args:
@@ -122,7 +123,7 @@ def run_sweep(config: ml_collections.ConfigDict, out: str, points: Sequence[dict
     points: from `grid_points` or `random_points`.
     runs: from `runner.make_runs`.
     std: 'population' or 'sample' (see `aggregate.mean_std`).
-    train, on_result: as for `runner.run_variant`.
+    train, on_result, command: as for `runner.run_variant`.
 
   Returns:
     {'select_head', 'runs', 'points': [{'name', 'point', 'val', 'test'}], 'chosen': one of points}
@@ -133,7 +134,7 @@ def run_sweep(config: ml_collections.ConfigDict, out: str, points: Sequence[dict
   for point in points:
     name = point_name(point)
     results = runner.run_variant(runner.with_fields(config, point), out, name, runs, train=train,
-                                 on_result=on_result)
+                                 on_result=on_result, command=command)
     row = {'name': name, 'point': point}
     for split in ('val', 'test'):
       values = [r[split][head]['accuracy'] for r in results]
@@ -161,7 +162,7 @@ def sweep_markdown(summary: dict) -> str:
   head, chosen = summary['select_head'], summary['chosen']
   lines = ['# Sweep', '',
            f"Selection: mean validation accuracy of the `{head}` head at each run's best checkpoint, over runs "
-           f"{', '.join(summary['runs'])} (mean ± {summary['std']} std, %). Test accuracy is shown for the "
+           f"{', '.join(summary['runs'])} (mean ± std, {summary['std']}, %). Test accuracy is shown for the "
            'chosen point only.', '', '| point | val accuracy |', '|---|---|']
   for row in summary['points']:
     mark = ' **(chosen)**' if row['name'] == chosen['name'] else ''
