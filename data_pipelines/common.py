@@ -85,7 +85,7 @@ class Dataset(NamedTuple):
   modalities: tuple[str, ...]              # names, in the file/config order
   num_classes: int
   sample_shapes: dict[str, tuple[int, ...]]  # per-sample shape of each modality
-  splits: dict[str, ArraySource]           # 'train', 'val', 'test'
+  splits: dict[str, Any]                   # 'train', 'val', 'test': ArraySource or TransformedSource
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

@@ -8,7 +8,7 @@ label is the emotion field of the file name, classes in the reference order
 NEU 0, HAP 1, SAD 2, FEA 3, DIS 4, ANG 5.
 
 Preprocessing (once, at prepare time), as the reference ResNet path:
-  audio  16 kHz -> 22,050 Hz (polyphase), looped to 3 s (66,150 samples),
+  audio  16 kHz -> 22,050 Hz (soxr HQ, as librosa.load), looped to 3 s (66,150 samples),
          clipped to [-1, 1], log(|STFT| + 1e-7) with n_fft 512, hop 353,
          Hann, centred: [257, 188]; no Mel, no normalisation
   video  the first frame of each second, the first 3 (t ~ 0, 1, 2 s); a clip
@@ -129,8 +129,8 @@ def scan(raw_dir: str) -> tfds_builders.Scan:
     if not os.path.isdir(d):
       raise FileNotFoundError(f'{d}: missing folder; the CREMA-D layout is <raw_dir>/AudioWAV/*.wav '
                               'and <raw_dir>/VideoFlash/*.flv')
-  stems = lambda d, ext: {f[:-len(ext)] for f in os.listdir(d) if f.endswith(ext)}
-  wavs, flvs = stems(audio_dir, '.wav'), stems(video_dir, '.flv')
+  wavs = {f[:-len('.wav')] for f in os.listdir(audio_dir) if f.endswith('.wav')}
+  flvs = {f[:-len('.flv')] for f in os.listdir(video_dir) if f.endswith('.flv')}
   clips, bad = [], []
   for clip_id in sorted(wavs | flvs):
     wav, flv = os.path.join(audio_dir, clip_id + '.wav'), os.path.join(video_dir, clip_id + '.flv')

@@ -9,12 +9,14 @@ problem; `Excluded` marks a file left out by a dataset's selection rule
 
 import io
 import math
+import os
+import struct
 
 import av
 import numpy as np
 import soundfile as sf
+import soxr
 from PIL import Image
-from scipy import signal
 
 JPEG_QUALITY = 90
 _TIME_EPS = 1e-6  # frame times i / rate are floats: frame 30 at 30 fps must count as 1 s
@@ -41,23 +43,40 @@ class Excluded(BadInput):
 
 
 def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
-  """Polyphase resampling `rate` -> `target` Hz (scipy.signal.resample_poly)."""
+  """`rate` -> `target` Hz with soxr 'HQ', the resampler of `librosa.load(sr=...)`
+  (librosa >= 0.10): the same samples as the reference's loading."""
   if rate == target:
-    return wave
-  g = math.gcd(rate, target)
-  return signal.resample_poly(wave, target // g, rate // g).astype(np.float32)
+    return np.asarray(wave, np.float32)
+  return soxr.resample(np.asarray(wave, np.float32), rate, target, quality='HQ').astype(np.float32)
+
+
+def _check_wav_length(path: str) -> None:
+  """Raises BadInput when a RIFF/WAVE file holds fewer sample bytes than its header
+  declares (libsndfile reads a truncated file silently)."""
+  with open(path, 'rb') as f:
+    if f.read(12)[8:12] != b'WAVE':
+      return
+    while len(chunk := f.read(8)) == 8:
+      size = struct.unpack('<I', chunk[4:])[0]
+      if chunk[:4] == b'data':
+        held = os.fstat(f.fileno()).st_size - f.tell()
+        if size not in (0, 0xFFFFFFFF) and held < size:  # 0 / -1: size left open by a streaming writer
+          raise BadInput(path, f'truncated: the header declares {size} bytes of samples, the file holds {held}')
+        return
+      f.seek(size + size % 2, os.SEEK_CUR)
 
 
 def read_wav(path: str, sample_rate: int) -> np.ndarray:
   """A WAV file as float32 mono at `sample_rate` (channels averaged, as librosa.load).
 
   Raises:
-    BadInput: unreadable, corrupt or empty file.
+    BadInput: unreadable, corrupt, truncated or empty file.
   """
   try:
     wave, rate = sf.read(path, dtype='float32', always_2d=True)
   except (sf.LibsndfileError, RuntimeError, OSError) as e:
     raise BadInput(path, f'unreadable audio file ({e})') from e
+  _check_wav_length(path)
   if wave.shape[0] == 0:
     raise BadInput(path, 'zero-length audio (0 samples)')
   return resample(wave.mean(axis=1), rate, sample_rate)
@@ -81,7 +100,7 @@ def read_audio_track(path: str, sample_rate: int, *, channel: str = 'mean') -> n
 
   Args:
     path: .mp4 / .avi / .flv file.
-    sample_rate: output rate in Hz (libswresample).
+    sample_rate: output rate in Hz (`resample` from the track's own rate).
     channel: 'mean' averages the channels (librosa.load); 'first' keeps
       channel 0 (moviepy's first channel, as the UCF101 reference).
 
@@ -95,7 +114,9 @@ def read_audio_track(path: str, sample_rate: int, *, channel: str = 'mean') -> n
     if not container.streams.audio:
       raise BadInput(path, 'no audio stream')
     stream = container.streams.audio[0]
-    resampler = av.AudioResampler(format='fltp', layout=stream.layout.name, rate=sample_rate)
+    rate = stream.rate
+    # Planar float at the track's own rate and layout: only the sample format changes here.
+    resampler = av.AudioResampler(format='fltp', layout=stream.layout.name, rate=rate)
     chunks = []
     try:
       for frame in container.decode(stream):
@@ -106,7 +127,7 @@ def read_audio_track(path: str, sample_rate: int, *, channel: str = 'mean') -> n
   if not chunks:
     return np.zeros(0, np.float32)
   wave = np.concatenate(chunks, axis=1)  # [channels, samples]
-  return (wave.mean(axis=0) if channel == 'mean' else wave[0]).astype(np.float32)
+  return resample(wave.mean(axis=0) if channel == 'mean' else wave[0], rate, sample_rate)
 
 
 def frames_at_1fps(path: str, num_frames: int, *, start: float = 0.0, end: float | None = None,
@@ -128,7 +149,7 @@ def frames_at_1fps(path: str, num_frames: int, *, start: float = 0.0, end: float
     TooShort: fewer than `num_frames` decodable frames in the segment, or
       (without fill) fewer than `num_frames` 1-fps frames.
   """
-  segment, picked, next_second = [], [], start
+  segment, picked, next_second, decoded = [], [], start, 0
   with _open(path) as container:
     if not container.streams.video:
       raise BadInput(path, 'no video stream')
@@ -140,7 +161,7 @@ def frames_at_1fps(path: str, num_frames: int, *, start: float = 0.0, end: float
       for i, frame in enumerate(container.decode(stream)):
         # Time from the frame count, as OpenCV-based extraction counts frames: AVI
         # timestamps of B-frame codecs come back out of order.
-        t = i / rate
+        t, decoded = i / rate, i + 1
         if t < start - _TIME_EPS:
           continue
         if end is not None and t >= end - _TIME_EPS:
@@ -152,8 +173,9 @@ def frames_at_1fps(path: str, num_frames: int, *, start: float = 0.0, end: float
           if len(picked) == num_frames:
             break
     except av.error.FFmpegError as e:
-      raise BadInput(path, f'corrupt video stream after {len(segment)} frames ({e})') from e
+      raise BadInput(path, f'corrupt video stream after {decoded} frames ({e})') from e
     if len(picked) < num_frames:
+      _check_complete(path, container, stream, decoded / rate, end)
       if fill_seed is None:
         raise TooShort(path, f'{len(picked)} frames at 1 fps; needs {num_frames}')
       if len(segment) < num_frames:
@@ -163,6 +185,21 @@ def frames_at_1fps(path: str, num_frames: int, *, start: float = 0.0, end: float
       extra = np.random.default_rng(fill_seed).choice(rest, num_frames - len(picked), replace=False)
       picked = sorted(picked + extra.tolist())
     return np.stack([segment[i].to_ndarray(format='rgb24') for i in picked])
+
+
+def _check_complete(path: str, container, stream, decoded_seconds: float, end: float | None) -> None:
+  """Raises BadInput when decoding stopped well before the duration the header
+  declares (a truncated file decodes without error, just shorter)."""
+  if stream.duration is not None:
+    declared = float(stream.duration * stream.time_base)
+  elif container.duration is not None:
+    declared = container.duration / av.time_base
+  else:
+    return
+  expected = min(declared, end) if end is not None else declared
+  if expected - decoded_seconds > max(0.5, 0.1 * expected):
+    raise BadInput(path, f'truncated: the video decodes to {decoded_seconds:.2f} s but the header '
+                         f'declares {declared:.2f} s')
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:

@@ -37,6 +37,9 @@ def prepare(dataset: str, raw_dir: str, out_dir: str, *, skip_bad: bool = False,
             overwrite: bool = False, progress: bool = True) -> str:
   """Builds `dataset` from `raw_dir` into `out_dir`; returns the dataset directory.
 
+  `progress=False` hides the per-split progress bar and TFDS's own bars
+  (`tfds.disable_progress_bar`, process-wide).
+
   Raises:
     ValueError: unknown dataset name.
     FileNotFoundError: `raw_dir` or a folder of the layout is missing.

@@ -8,7 +8,7 @@ the file (and line).
 import json
 import os
 import re
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -135,7 +135,7 @@ def stratified_group_holdout(ids: Sequence[str], group_of: Callable[[str], str],
   """
   if not 0 <= fraction < 1:
     raise ValueError(f'hold-out fraction must be in [0, 1), got {fraction}')
-  by_class: Mapping[str, set] = {}
+  by_class: dict[str, set[str]] = {}
   for i in ids:
     by_class.setdefault(class_of(i), set()).add(group_of(i))
   rng = np.random.default_rng(seed)

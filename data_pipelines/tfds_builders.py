@@ -7,7 +7,7 @@ module-level `encode(clip)`. Every record holds
   id      the clip's name in the raw layout
   label   class index
   audio   float16 [F, T] log spectrogram (half the bytes of float32; the
-          log values span about [-17, 5], where float16 keeps ~3 digits)
+          log values lie in about [-16, 6], where float16 steps are <= 0.008)
   frames  the sampled RGB frames as JPEG bytes, decoded at read time
 
 Records are written in scan order (`disable_shuffling`), and the metadata
@@ -73,9 +73,14 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   encode: Callable[[Any], dict]
 
   def __init__(self, *, skip_bad: bool = False, num_workers: int = 0, progress: bool = True, **kwargs):
-    """Args: skip_bad: skip (and list) unusable files instead of failing; num_workers:
-    decoding processes (0 decodes in this process); progress: show a progress bar;
-    kwargs: `tfds.core.GeneratorBasedBuilder` arguments (data_dir, file_format)."""
+    """Creates the builder.
+
+    Args:
+      skip_bad: leave unusable files out (listed in skipped.tsv) instead of failing.
+      num_workers: decoding processes; 0 decodes in this process.
+      progress: show a progress bar per split, in clips.
+      **kwargs: `tfds.core.GeneratorBasedBuilder` arguments (data_dir, file_format).
+    """
     self._skip_bad = skip_bad
     self._num_workers = num_workers
     self._progress = progress
