@@ -197,7 +197,9 @@ class ConformerEncoder(nn.Module):
   bias) -> `Conformer` -> mean over the real frames -> [B, dim].
 
   Args of `__call__`: x [B, T, D_in]; mask: optional bool [B, T] (True = real
-  frame); train; return_tokens: also return the frame outputs [B, T, dim].
+  frame); without one, frames that are exactly zero vectors are padding (the
+  zero-padding of the feature files, data_pipelines/extract_features.py); train;
+  return_tokens: also return the frame outputs [B, T, dim].
 
   Attributes: bottleneck (authors: 50); dim; layers (authors: 5); heads;
   ff_mult; kernel; dropout.
@@ -218,6 +220,8 @@ class ConformerEncoder(nn.Module):
     if mask is not None and mask.shape != x.shape[:2]:
       raise ValueError(f'ConformerEncoder mask must be [B, T] = {x.shape[:2]}, got {mask.shape}')
     x = x.astype(jnp.float32)
+    if mask is None:
+      mask = jnp.any(x != 0, axis=-1)
     x = nn.Dense(self.bottleneck, use_bias=False, kernel_init=_torch_conv_init(x.shape[-1]),
                  name='bottleneck')(x)
     tokens = Conformer(self.dim, self.layers, self.heads, self.ff_mult, self.kernel, self.dropout,

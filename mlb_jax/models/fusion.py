@@ -3,6 +3,10 @@
 Each head takes the modalities in config order. A head whose logits are a sum
 of per-modality terms also has `contributions(features) -> {m: [B, C]}`
 (OGM and MSLR score those terms, METHODS.md §3.3).
+
+The paper's heads (METHODS.md §4.3): Late-Linear, Mid-MLP, FiLM, Gated and the
+Transformer fusion, which reads the encoders' un-pooled token sequences
+(`uses_tokens = True`); MMCosine belongs to its balancing method (§3.7).
 """
 
 from typing import Mapping, Optional, Sequence

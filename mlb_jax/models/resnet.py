@@ -19,14 +19,23 @@ Initialisation (the authors' backbone): conv weights kaiming-normal with fan_out
 and ReLU gain, std = sqrt(2 / (C_out k^2)); BatchNorm scale ~ N(1, 0.02) and
 bias 0; BN momentum 0.1 in torch terms (0.9 here) and eps 1e-5.
 
-Speed. On CPU, XLA's gradients of two pieces are slow: the max-pool gradient
-(a select-and-scatter) and the weight gradients of convolutions over large
-maps. `max_pool_3x3_s2` therefore carries a custom VJP that routes the
-gradient with dense first-maximum masks (the same tie rule as XLA's and torch's
-kernels), and `Conv` computes its kernel gradient as a sum of k^2 matrix
-products of shifted views (`conv_weight_grad`). Both are exact reformulations,
-tested against `jax.grad` of the plain operations, and run as ordinary fused
-XLA code on GPU.
+Speed. On CPU, XLA's gradients of three pieces are slow: the max-pool gradient
+(select-and-scatter plus index bookkeeping), the weight gradients of
+convolutions (XLA lowers them to convolutions whose kernel is the whole
+gradient map), and batch norm followed by ReLU (autodiff keeps the
+normalised pre-activation alive). Each has an exact reformulation with a custom
+VJP, tested against `jax.grad` of the plain operation:
+
+  * `max_pool_3x3_s2`: the forward pass records the index of each window's
+    first maximum (int8); the backward pass routes the gradient with dense
+    masks (the tie rule of XLA's and torch's kernels);
+  * `conv_mm`: the kernel gradient as matrix products of contiguous windows of
+    the input's stride phases (`conv_weight_grad`), one offset at a time;
+    1x1 convolutions are a strided slice and a matrix product;
+  * `batch_norm_train`: batch norm, residual add and ReLU as one op that saves
+    only its input and output, with a two-pass backward.
+
+They are ordinary XLA programs, so they run unchanged on GPU.
 """
 
 import functools
@@ -60,11 +69,37 @@ def _conv(x, w, stride: int, padding: int):
                                   dimension_numbers=_DIMS)
 
 
-def conv_weight_grad(x, g, kernel_shape, stride: int, padding: int):
-  """dL/dW of `_conv(x, W, stride, padding)` given g = dL/dy.
+def _phases(x, kernel: int, stride: int, padding: int, out_hw):
+  """The padded input split into its stride x stride phases.
 
-  dW[i, j] = sum_{n,h,w} xpad[n, s*h + i, s*w + j, :]^T g[n, h, w, :]: one
-  [C_in, N*H*W] x [N*H*W, C_out] matrix product per kernel offset (i, j).
+  Returns [s, s, N, hq, wq, C] with phases[a, b] = xpad[:, a::s, b::s], where
+  the view of kernel offset (i, j) is phases[i % s, j % s][:, i//s : i//s + Ho,
+  j//s : j//s + Wo] (a contiguous window), and the number q of window shifts
+  per axis.
+  """
+  n, _, _, c = x.shape
+  ho, wo = out_hw
+  s = stride
+  q = -(-kernel // s)
+  hq, wq = ho + q - 1, wo + q - 1
+  # lax.pad crops where the high padding is negative (rows no view reads).
+  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (padding, s * hq - x.shape[1] - padding, 0),
+                                           (padding, s * wq - x.shape[2] - padding, 0), (0, 0, 0)))
+  return xp.reshape(n, hq, s, wq, s, c).transpose(2, 4, 0, 1, 3, 5), q
+
+
+def conv_weight_grad(x, g, kernel_shape, stride: int, padding: int):
+  """dL/dW of `_conv(x, W, stride, padding)` given g = dL/dy, as matrix products.
+
+  dW[i, j] = sum_{n,h,w} xpad[n, s*h + i, s*w + j, :]^T g[n, h, w, :]. The views
+  come from the stride phases of the input (`_phases`), so each is a contiguous
+  window, and they are taken in a `lax.map` so few are alive at once:
+
+  * C_in >= 16: one [C_in, N Ho Wo] x [N Ho Wo, C_out] product per offset (i, j);
+  * thinner inputs (the 1- and 3-channel stems): per window row shift, the
+    channel-major views of all phases and column shifts are stacked into one
+    [q s^2 C_in, N Ho Wo] operand, so the products stay thick and g is read q
+    times rather than k^2 times.
 
   Args:
     x: input [N, H, W, C_in].
@@ -73,42 +108,68 @@ def conv_weight_grad(x, g, kernel_shape, stride: int, padding: int):
     stride, padding: of the forward convolution.
 
   Returns:
-    [k, k, C_in, C_out], in the dtype of the kernel's cotangent (g's dtype).
+    [k, k, C_in, C_out] float32.
   """
-  k = kernel_shape[0]
-  n, ho, wo, c_out = g.shape
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  k, _, c_in, c_out = kernel_shape
+  n, ho, wo, _ = g.shape
+  s = stride
+  phases, q = _phases(x, k, s, padding, (ho, wo))
   g2 = g.reshape(-1, c_out)
-  rows = []
-  for i in range(k):
-    for j in range(k):
-      patch = lax.slice(xp, (0, i, j, 0),
-                        (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, xp.shape[3]),
-                        (1, stride, stride, 1))
-      rows.append(jnp.dot(patch.reshape(-1, x.shape[3]).T, g2,
-                          preferred_element_type=jnp.float32))
-  return jnp.stack(rows).reshape(kernel_shape).astype(g.dtype)
+  if c_in >= 16:
+    flat = phases.reshape((s * s,) + phases.shape[2:])
+
+    def offset_grad(index):
+      i, j = index // k, index % k
+      view = lax.dynamic_slice(flat, ((i % s) * s + j % s, 0, i // s, j // s, 0), (1, n, ho, wo, c_in))
+      return jnp.dot(view.reshape(-1, c_in).T, g2, preferred_element_type=jnp.float32)
+
+    return lax.map(offset_grad, jnp.arange(k * k)).reshape(kernel_shape)
+
+  channel_major = phases.transpose(0, 1, 5, 2, 3, 4).reshape((s * s * c_in,) + phases.shape[2:5])
+
+  def row_grad(a):
+    views = [lax.dynamic_slice(channel_major, (0, 0, a, b), (s * s * c_in, n, ho, wo)).reshape(s * s * c_in, -1)
+             for b in range(q)]
+    return jnp.dot(jnp.concatenate(views, 0), g2, preferred_element_type=jnp.float32)
+
+  rows = lax.map(row_grad, jnp.arange(q))          # [a, (b, phase_i, phase_j, c), C_out]
+  rows = rows.reshape(q, q, s, s, c_in, c_out).transpose(0, 2, 1, 3, 4, 5).reshape(q * s, q * s, c_in, c_out)
+  return rows[:k, :k]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv2d(x, w, stride: int, padding: int):
-  """Square-kernel 2-D convolution, NHWC x HWIO, with the weight gradient of
-  `conv_weight_grad` (the input gradient is XLA's own transposed convolution)."""
+def conv_mm(x, w, stride: int, padding: int):
+  """2-D convolution (NHWC x HWIO, square kernel) whose weight gradient is
+  `conv_weight_grad`; the input gradient is XLA's own."""
   return _conv(x, w, stride, padding)
 
 
-def _conv2d_fwd(x, w, stride, padding):
+def _conv_mm_fwd(x, w, stride, padding):
   return _conv(x, w, stride, padding), (x, w)
 
 
-def _conv2d_bwd(stride, padding, res, g):
+def _conv_mm_bwd(stride, padding, res, g):
   x, w = res
   _, input_vjp = jax.vjp(lambda x_: _conv(x_, w, stride, padding), x)
   (dx,) = input_vjp(g)
   return dx, conv_weight_grad(x, g, w.shape, stride, padding).astype(w.dtype)
 
 
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+conv_mm.defvjp(_conv_mm_fwd, _conv_mm_bwd)
+
+
+def conv2d(x, w, stride: int, padding: int):
+  """The convolution of `Conv`, formulated per shape for fast CPU gradients.
+
+  * 1x1 kernels: a strided slice and a matrix product (autodiff gives matrix
+    products for both gradients);
+  * k x k kernels: `conv_mm`, XLA's convolution forward and input gradient
+    with the matrix-product weight gradient of `conv_weight_grad`.
+  """
+  if w.shape[0] == 1 and padding == 0:
+    xs = x[:, ::stride, ::stride, :]
+    return jnp.dot(xs, w[0, 0], preferred_element_type=jnp.float32).astype(x.dtype)
+  return conv_mm(x, w, stride, padding)
 
 
 class Conv(nn.Module):
@@ -147,39 +208,49 @@ def max_pool_reference(x):
                            ((0, 0), (1, 1), (1, 1), (0, 0)))
 
 
+def _max_and_argmax(x):
+  """Max over the 9 windows and the index (0..8, int8) of the first maximal one."""
+  windows, _ = _pool_windows(x)
+  best, index = windows[0], jnp.zeros(windows[0].shape, jnp.int8)
+  for k in range(1, 9):
+    take = windows[k] > best   # strict: ties keep the earlier window
+    best = jnp.where(take, windows[k], best)
+    index = jnp.where(take, jnp.int8(k), index)
+  return best, index
+
+
 @jax.custom_vjp
 def max_pool_3x3_s2(x):
-  """3x3 max-pool, stride 2, padding 1 (NHWC), with a dense-mask gradient.
+  """3x3 max-pool, stride 2, padding 1 (NHWC), with a dense argmax gradient.
 
   The gradient of each output goes to the first maximal element of its window
-  in row-major order, as in XLA's select-and-scatter and torch's kernel.
+  in row-major order, as in XLA's select-and-scatter and torch's kernel. The
+  forward pass records that element's index (int8), so the backward pass never
+  compares floats recomputed in another fusion.
   """
-  return max_pool_reference(x)
+  return _max_and_argmax(x)[0]
 
 
 def _max_pool_fwd(x):
-  y = max_pool_reference(x)
-  return y, (x, y)
+  y, index = _max_and_argmax(x)
+  # An empty [H, W, 0] array carries the input's height and width (residuals
+  # must be arrays; the output size alone does not determine them).
+  return y, (index, jnp.zeros(x.shape[1:3] + (0,), jnp.int8))
 
 
 def _max_pool_bwd(res, g):
-  x, y = res
-  n, h, w, c = x.shape
-  windows, (ho, wo) = _pool_windows(x)
-  taken = jnp.zeros(y.shape, bool)
+  index, size = res
+  n, ho, wo, c = g.shape
+  h, w = size.shape[:2]
   dxp = jnp.zeros((n, h + 2, w + 2, c), g.dtype)
   zero = jnp.zeros((), g.dtype)
-  k = 0
-  for di in range(3):
-    for dj in range(3):
-      first = (windows[k] == y) & ~taken
-      taken = taken | first
-      routed = jnp.where(first, g, zero)
-      # Place routed[i, j] at xpad[2i + di, 2j + dj]: interior padding 1 spreads
-      # the rows/columns to stride 2, edge padding shifts them by the offset.
-      dxp = dxp + lax.pad(routed, zero, ((0, 0, 0), (di, h + 2 - di - (2 * ho - 1), 1),
-                                         (dj, w + 2 - dj - (2 * wo - 1), 1), (0, 0, 0)))
-      k += 1
+  for k in range(9):
+    di, dj = divmod(k, 3)
+    routed = jnp.where(index == k, g, zero)
+    # Place routed[i, j] at xpad[2i + di, 2j + dj]: interior padding 1 spreads
+    # the rows/columns to stride 2, edge padding shifts them by the offset.
+    dxp = dxp + lax.pad(routed, zero, ((0, 0, 0), (di, h + 2 - di - (2 * ho - 1), 1),
+                                       (dj, w + 2 - dj - (2 * wo - 1), 1), (0, 0, 0)))
   return (dxp[:, 1:h + 1, 1:w + 1, :],)
 
 
@@ -189,9 +260,112 @@ max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
 # ------------------------------------------------------------------ the network
 
 
+def _bn_stats(x):
+  axes = tuple(range(x.ndim - 1))
+  xf = x.astype(jnp.float32)
+  mean = jnp.mean(xf, axis=axes)
+  var = jnp.maximum(jnp.mean(jnp.square(xf), axis=axes) - jnp.square(mean), 0.0)
+  return mean, var
+
+
+def _bn_apply(x, mean, rstd, scale, bias, residual, relu: bool):
+  y = (x.astype(jnp.float32) - mean) * (rstd * scale) + bias
+  if residual is not None:
+    y = y + residual.astype(jnp.float32)
+  return jnp.maximum(y, 0.0) if relu else y
+
+
+def batch_norm_reference(x, scale, bias, residual=None, *, relu: bool = False, eps: float = 1e-5):
+  """Training-mode batch norm over all axes but the last, then `+ residual`
+  and ReLU (each optional), by plain autodiff.
+
+  Returns (output, batch mean, biased batch variance)."""
+  mean, var = _bn_stats(x)
+  out = _bn_apply(x, mean, lax.rsqrt(var + eps), scale, bias, residual, relu)
+  return out.astype(x.dtype), mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def batch_norm_train(x, scale, bias, residual, relu: bool, eps: float):
+  """`batch_norm_reference` with a hand-written backward pass.
+
+  Only x and the output (which the next convolution keeps anyway) are saved,
+  with the per-channel mean and 1/std: the normalised pre-activation is not
+  stored. The backward pass is one reduction pass and one elementwise pass,
+  dx = scale/std * (dy - mean(dy) - xhat mean(dy xhat)), dy masked by output > 0
+  when `relu`. The statistics outputs carry no gradient (they only update the
+  running averages).
+  """
+  return batch_norm_reference(x, scale, bias, residual, relu=relu, eps=eps)
+
+
+def _bn_fwd(x, scale, bias, residual, relu, eps):
+  mean, var = _bn_stats(x)
+  rstd = lax.rsqrt(var + eps)
+  out = _bn_apply(x, mean, rstd, scale, bias, residual, relu).astype(x.dtype)
+  # A scalar of the residual's dtype marks that a residual cotangent is due.
+  marker = None if residual is None else jnp.zeros((), residual.dtype)
+  return (out, mean, var), (x, mean, rstd, scale, out if relu else None, marker)
+
+
+def _bn_bwd(relu, eps, res, cotangents):
+  del eps
+  x, mean, rstd, scale, out, marker = res
+  dy = cotangents[0].astype(jnp.float32)
+  if relu:
+    dy = jnp.where(out > 0, dy, 0.0)
+  axes = tuple(range(x.ndim - 1))
+  xhat = (x.astype(jnp.float32) - mean) * rstd
+  dbias = jnp.sum(dy, axis=axes)
+  dscale = jnp.sum(dy * xhat, axis=axes)
+  n = x.size // x.shape[-1]
+  dx = (scale * rstd) * (dy - dbias / n - xhat * (dscale / n))
+  dresidual = None if marker is None else dy.astype(marker.dtype)
+  return dx.astype(x.dtype), dscale, dbias, dresidual
+
+
+batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
+
+
+class BatchNorm(nn.Module):
+  """torch `BatchNorm2d` over the last axis, optionally followed by `+ residual`
+  and ReLU in the same op: batch statistics in training, running averages
+  (momentum 0.1 in torch terms) in inference, and the running variance updated
+  with the unbiased batch variance, as torch does.
+
+  Same variable names as `flax.linen.BatchNorm` ('scale', 'bias'; 'mean', 'var'
+  in `batch_stats`). The authors' init: scale ~ N(1, 0.02), bias 0.
+
+  Attributes: use_running_average; momentum (of the old value); epsilon; dtype.
+  """
+  use_running_average: bool
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, residual=None, *, relu: bool = False):
+    c = x.shape[-1]
+    scale = self.param('scale', bn_scale_init, (c,))
+    bias = self.param('bias', nn.initializers.zeros, (c,))
+    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
+    x = x.astype(self.dtype)
+    if self.use_running_average:
+      out = _bn_apply(x, ra_mean.value, lax.rsqrt(ra_var.value + self.epsilon), scale, bias,
+                      residual, relu)
+      return out.astype(self.dtype)
+    out, mean, var = batch_norm_train(x, scale, bias, residual, relu, self.epsilon)
+    if not self.is_initializing():
+      n = x.size // c
+      unbiased = var * (n / max(n - 1, 1))
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * lax.stop_gradient(mean)
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * lax.stop_gradient(unbiased)
+    return out
+
+
 def batch_norm(train: bool, dtype, name: Optional[str] = None):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      scale_init=bn_scale_init, dtype=dtype, name=name)
+  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
 
 
 class BasicBlock(nn.Module):
@@ -206,14 +380,13 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     shortcut = x
-    y = Conv(self.features, 3, self.stride, 1, self.dtype, name='conv1')(x)
-    y = nn.relu(batch_norm(train, self.dtype, 'bn1')(y))
-    y = Conv(self.features, 3, 1, 1, self.dtype, name='conv2')(y)
-    y = batch_norm(train, self.dtype, 'bn2')(y)
     if self.stride != 1 or x.shape[-1] != self.features:
       shortcut = Conv(self.features, 1, self.stride, 0, self.dtype, name='downsample_conv')(x)
       shortcut = batch_norm(train, self.dtype, 'downsample_bn')(shortcut)
-    return nn.relu(y + shortcut)
+    y = Conv(self.features, 3, self.stride, 1, self.dtype, name='conv1')(x)
+    y = batch_norm(train, self.dtype, 'bn1')(y, relu=True)
+    y = Conv(self.features, 3, 1, 1, self.dtype, name='conv2')(y)
+    return batch_norm(train, self.dtype, 'bn2')(y, shortcut, relu=True)
 
 
 class ResNet18(nn.Module):
@@ -231,7 +404,7 @@ class ResNet18(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     x = Conv(self.width, 7, 2, 3, self.dtype, name='conv1')(x.astype(self.dtype))
-    x = nn.relu(batch_norm(train, self.dtype, 'bn1')(x))
+    x = batch_norm(train, self.dtype, 'bn1')(x, relu=True)
     x = max_pool_3x3_s2(x)
     for stage, blocks in enumerate(self.stage_sizes):
       for b in range(blocks):
