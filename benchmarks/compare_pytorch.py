@@ -2,7 +2,7 @@
 
   pip install torch==2.13.0          # optional, benchmark-only (CPU build)
   python benchmarks/compare_pytorch.py [--frame_sizes=224,112] [--batch=8] [--methods=mlb]
-                                       [--rounds=5] [--steps=2] [--cores=2] [--json]
+                                       [--rounds=5] [--steps=2] [--cores=2] [--malloc_reuse] [--json]
 
 Both sides: two ResNet-18 encoders (audio [257, 188] spectrogram, 1-channel
 stem; video 3 frames per clip, per-frame ResNet, one mean over frames and
@@ -21,7 +21,11 @@ step. Timing then alternates: for each round, `--steps` PyTorch steps, then
 `--steps` of ours, so machine noise hits both alike; reported are medians of
 samples/s (wall clock) and of process CPU seconds per step, and ours / PyTorch.
 `--cores=1` pins the process to one core (both frameworks then share it), the
-comparison least disturbed by other load on the machine.
+comparison least disturbed by other load on the machine. Also reported: minor
+page faults per step (`ru_minflt`). `--malloc_reuse` applies
+`mlb_jax.cpu_malloc.reuse_freed_memory()` first (glibc keeps freed memory, so
+XLA's per-step scratch buffer is not page-faulted in afresh every step); it is
+process-wide, so it applies to the PyTorch side as well.
 """
 
 import os
@@ -50,6 +54,8 @@ _STEPS = flags.DEFINE_integer('steps', 2, 'Steps per framework per round.')
 _CORES = flags.DEFINE_integer('cores', 0, 'Pin the process to this many cores (0 = leave as is).')
 _CHECK = flags.DEFINE_bool('check', True, 'Check both sides compute the same step first.')
 _JSON = flags.DEFINE_bool('json', False, 'Print a JSON line as well.')
+_MALLOC_REUSE = flags.DEFINE_bool('malloc_reuse', False, 'Apply mlb_jax.cpu_malloc.reuse_freed_memory() '
+                                  '(process-wide glibc settings) before anything runs.')
 
 AUDIO_SHAPE = (257, 188)
 FRAMES = 3
@@ -279,6 +285,10 @@ def cpu_seconds() -> float:
   return r.ru_utime + r.ru_stime
 
 
+def page_faults() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def compare(torch, method: str, frame_size: int, batch: int, rounds: int, steps: int) -> dict:
   rng = np.random.default_rng(0)
   data = make_batch(rng, frame_size, batch)
@@ -308,16 +318,19 @@ def compare(torch, method: str, frame_size: int, batch: int, rounds: int, steps:
   state = run_ours(state)
   times = {'torch': [], 'ours': []}
   cpu = {'torch': [], 'ours': []}
+  faults = {'torch': [], 'ours': []}
   for _ in range(rounds):
     for name in ('torch', 'ours'):
-      c0, t0 = cpu_seconds(), time.perf_counter()
+      f0, c0, t0 = page_faults(), cpu_seconds(), time.perf_counter()
       if name == 'ours':
         state = run_ours(state)
       else:
         run_torch(None)
       times[name].append((time.perf_counter() - t0) / steps)
       cpu[name].append((cpu_seconds() - c0) / steps)
-  out = {k: {'samples_per_s': batch / statistics.median(v), 'cpu_s_per_step': statistics.median(cpu[k])}
+      faults[name].append((page_faults() - f0) / steps)
+  out = {k: {'samples_per_s': batch / statistics.median(v), 'cpu_s_per_step': statistics.median(cpu[k]),
+             'page_faults_per_step': statistics.median(faults[k])}
          for k, v in times.items()}
   out['ours']['compile_s'] = compile_s
   out['ratio_samples_per_s'] = out['ours']['samples_per_s'] / out['torch']['samples_per_s']
@@ -327,6 +340,10 @@ def compare(torch, method: str, frame_size: int, batch: int, rounds: int, steps:
 
 def main(argv):
   del argv
+  malloc_reuse = False
+  if _MALLOC_REUSE.value:   # first: before any thread is given a malloc arena
+    from mlb_jax import cpu_malloc
+    malloc_reuse = cpu_malloc.reuse_freed_memory()
   if _CORES.value:
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:_CORES.value]))
   torch = import_torch()
@@ -335,7 +352,7 @@ def main(argv):
   report = {'device': f'{jax.devices()[0].device_kind}, {os.cpu_count()} CPUs visible, '
                       f'{len(os.sched_getaffinity(0))} used', 'torch': torch.__version__,
             'torch_threads': torch.get_num_threads(), 'jax': jax.__version__, 'batch': _BATCH.value,
-            'load_average_start': os.getloadavg()[0], 'results': {}}
+            'malloc_reuse': malloc_reuse, 'load_average_start': os.getloadavg()[0], 'results': {}}
   if _CHECK.value:
     for method in _METHODS.value:
       report[f'check_{method}'] = check = check_same_step(torch, method)
@@ -349,9 +366,11 @@ def main(argv):
       print(f'{method:5s} {size}x{size} batch {_BATCH.value}: torch {r["torch"]["samples_per_s"]:.2f} samples/s, '
             f'ours {r["ours"]["samples_per_s"]:.2f} samples/s -> ours/torch x{r["ratio_samples_per_s"]:.2f}; '
             f'CPU s/step torch {r["torch"]["cpu_s_per_step"]:.2f}, ours {r["ours"]["cpu_s_per_step"]:.2f} '
-            f'(compile {r["ours"]["compile_s"]:.0f} s)', flush=True)
+            f'(compile {r["ours"]["compile_s"]:.0f} s); page faults/step torch '
+            f'{r["torch"]["page_faults_per_step"]:.0f}, ours {r["ours"]["page_faults_per_step"]:.0f}', flush=True)
   report['load_average_end'] = os.getloadavg()[0]
-  print(f'{report["device"]}; load average {report["load_average_start"]:.1f} -> {report["load_average_end"]:.1f}')
+  print(f'{report["device"]}; malloc_reuse {malloc_reuse}; '
+        f'load average {report["load_average_start"]:.1f} -> {report["load_average_end"]:.1f}')
   if _JSON.value:
     print(json.dumps(report))
 

@@ -2,7 +2,20 @@
 
   python benchmarks/step_time.py [--config=configs/synthetic.py] [--steps=200] [--rounds=5] [--json]
   python benchmarks/step_time.py --model=cremad_resnet18 --methods=joint,mlb --batch_sizes=8,32 \
-      [--frame_size=224] [--dtypes=float32,bfloat16] --steps=2 --rounds=3 [--json]
+      [--frame_size=224] [--dtypes=float32,bfloat16] --steps=2 --rounds=3 [--malloc_reuse] [--json]
+  python benchmarks/step_time.py --seeds=4 --methods=mlb [--cpu_devices=2] [--steps=50] [--json]
+  python benchmarks/step_time.py --seeds=4 --methods=mlb --steps=20 --model=cremad_resnet18 \
+      --dtypes=float32,bfloat16 --batch_sizes=8 --frame_size=64 --resnet_steps=1 --rounds=3   # both, one run
+
+`--seeds=S` times many seeds at once (mlb_jax/multiseed.py) on the --config's
+model, for the first of --methods: samples/s of one seed (S=1), of S seeds in
+one vmapped step, and of the same S seeds stepped one after another with the
+single-seed step ("sequential", what S separate runs do), interleaved rounds,
+medians, the ratio vmapped / sequential and the compile time of each step.
+`--cpu_devices=N` splits the CPU into N JAX devices first (as JAX_NUM_CPU_DEVICES
+does): the vmapped step then spreads its seeds over them, the sequential runs
+keep one. `--compilation_cache_dir` enables the persistent compilation cache
+(run twice: the second run's compile times are cache loads).
 
 `--model=cremad_resnet18` times the paper's CREMA-D model (configs/cremad_mlb.py:
 two ResNet-18, Late-Linear, Adam, the method's released settings) on random
@@ -45,7 +58,13 @@ _MODEL = flags.DEFINE_enum('model', 'config', ['config', 'cremad_resnet18'],
                            "'config': the --config's model and data; 'cremad_resnet18': see above.")
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['8', '32'], 'cremad_resnet18: batch sizes.')
 _FRAME_SIZE = flags.DEFINE_integer('frame_size', 224, 'cremad_resnet18: frame height and width.')
-_DTYPES = flags.DEFINE_list('dtypes', ['float32'], 'cremad_resnet18: model.dtype values (bfloat16 for GPUs).')
+_DTYPES = flags.DEFINE_list('dtypes', ['float32'], 'cremad_resnet18: config.dtype values (bfloat16 for GPUs).')
+_SEEDS = flags.DEFINE_integer('seeds', 0, 'S > 1: time S seeds vmapped vs one after another (see above).')
+_CPU_DEVICES = flags.DEFINE_integer('cpu_devices', 0, 'N > 0: split the CPU into N JAX devices first.')
+_RESNET_STEPS = flags.DEFINE_integer('resnet_steps', 0, 'cremad_resnet18: steps per round (0: --steps).')
+_CACHE = flags.DEFINE_string('compilation_cache_dir', '', 'Persistent compilation cache directory ("" off).')
+_MALLOC_REUSE = flags.DEFINE_bool('malloc_reuse', False, 'Apply mlb_jax.cpu_malloc.reuse_freed_memory() '
+                                  '(process-wide glibc settings, CPU) before anything runs.')
 
 CREMAD_MODALITIES = ('audio', 'video')
 CREMAD_CLASSES = 6
@@ -77,9 +96,9 @@ def prepare_cremad(method, batch_size, frame_size, dtype):
   from mlb_jax import balancing, losses, models, optim, steps
   from mlb_jax.train_state import create_train_state
   config = cremad_mlb.get_config(f'method={method}')
-  config.model.dtype = dtype
+  config.dtype = dtype
   shapes = {'audio': tuple(config.data.audio_shape), 'video': (config.data.video_shape[0], frame_size, frame_size, 3)}
-  model = models.build_model(config.model, CREMAD_MODALITIES, shapes, CREMAD_CLASSES)
+  model = models.build_model(config.model, CREMAD_MODALITIES, shapes, CREMAD_CLASSES, dtype=config.dtype)
   method_ = balancing.make_method(config.method, CREMAD_MODALITIES, config.balancing)
   tx = optim.make_optimizer(config.optimizer, optim.modality_labels, config.balancing.apply_to)
   rng = np.random.default_rng(0)
@@ -105,10 +124,10 @@ def main_cremad():
   times = {k: [] for k in benches}
   for _ in range(_ROUNDS.value):
     for k, b in benches.items():
-      times[k].append(time_round(b, _STEPS.value))
+      times[k].append(time_round(b, _RESNET_STEPS.value or _STEPS.value))
   device = f'{jax.devices()[0].device_kind} x{jax.device_count()}'
   print(f'device: {device}; CREMA-D ResNet-18 (audio 257x188, 3 frames {_FRAME_SIZE.value}x{_FRAME_SIZE.value}); '
-        f'{_ROUNDS.value} rounds x {_STEPS.value} steps, median')
+        f'{_ROUNDS.value} rounds x {_RESNET_STEPS.value or _STEPS.value} steps, median')
   rows = {}
   for (m, b, d), ts in times.items():
     med = statistics.median(ts)
@@ -123,6 +142,76 @@ def main_cremad():
                       'rows': rows}))
 
 
+def main_seeds(config, method, num_seeds):
+  """S=1, S seeds vmapped and S seeds one after another, interleaved (see the module docstring)."""
+  import numpy as np
+  from data_pipelines import common
+  from mlb_jax import loop, multiseed, steps
+  exps = []
+  for s in range(num_seeds):
+    c = config.copy_and_resolve_references()
+    c.method, c.seed = method, s
+    exps.append(loop.build(c))
+  e0 = exps[0]
+  iters = [common.train_batches(e.dataset.splits['train'], batch_size=config.data.batch_size, seed=s)
+           for s, e in enumerate(exps)]
+  batches = [[next(it) for _ in range(8)] for it in iters]  # data loading is not timed
+  kwargs = dict(model=e0.model, tx=e0.tx, method=e0.method, loss_weights=e0.loss_weights)
+  mesh = multiseed.replica_mesh(num_seeds)
+
+  def compiled(step, state, batch):
+    start = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    return state, time.perf_counter() - start
+
+  single = steps.make_train_step(**kwargs)
+  states, compile_single = [], None
+  for e, bs in zip(exps, batches):
+    state, seconds = compiled(single, loop.initial_state(e), jax.device_put(bs[0]))
+    states.append(state)
+    compile_single = compile_single or seconds
+  stacked_batches = [multiseed.place({k: np.stack([bs[i][k] for bs in batches]) for k in batches[0][0]}, mesh)
+                     for i in range(8)]
+  batches = [[jax.device_put(b) for b in bs] for bs in batches]
+  multi = multiseed.make_multi_train_step(**kwargs, mesh=mesh)
+  stacked, compile_multi = compiled(multi, multiseed.place(multiseed.stack([loop.initial_state(e) for e in exps]),
+                                                           mesh), stacked_batches[0])
+  benches = {'S=1': {'step': single, 'state': states[0], 'batches': batches[0]},
+             f'S={num_seeds} vmapped': {'step': multi, 'state': stacked, 'batches': stacked_batches},
+             **{f'seq_{s}': {'step': single, 'state': states[s], 'batches': batches[s]}
+                for s in range(1, num_seeds)}}
+  for b in benches.values():
+    time_round(b, 5)  # warm-up
+  times = {'S=1': [], 'vmapped': [], 'sequential': []}
+  for _ in range(_ROUNDS.value):
+    times['S=1'].append(time_round(benches['S=1'], _STEPS.value))
+    times['vmapped'].append(time_round(benches[f'S={num_seeds} vmapped'], _STEPS.value))
+    times['sequential'].append(times['S=1'][-1] + sum(time_round(benches[f'seq_{s}'], _STEPS.value)
+                                                      for s in range(1, num_seeds)))
+  batch = config.data.batch_size
+  seeds_per_step = {'S=1': 1, 'vmapped': num_seeds, 'sequential': num_seeds}
+  rows = {k: {'samples_per_s': seeds_per_step[k] * batch / statistics.median(ts),
+              'ms_per_round_step': 1e3 * statistics.median(ts)} for k, ts in times.items()}
+  ratios = [s / v for s, v in zip(times['sequential'], times['vmapped'])]
+  rows['S=1']['compile_s'] = rows['sequential']['compile_s'] = compile_single
+  rows['vmapped']['compile_s'] = compile_multi
+  device = f'{jax.devices()[0].device_kind} x{jax.device_count()}'
+  print(f"device: {device}; {config.data.name} model, method {method}, batch {batch} per seed; "
+        f"{_ROUNDS.value} rounds x {_STEPS.value} steps, median; vmapped over "
+        f"{1 if mesh is None else mesh.devices.size} device(s); load average {os.getloadavg()[0]:.1f}")
+  names = {'S=1': 'S=1', 'vmapped': f'S={num_seeds} vmapped', 'sequential': f'{num_seeds} sequential'}
+  for k, r in rows.items():
+    print(f"{names[k]:14s} {r['samples_per_s']:9.1f} samples/s  (compile {r['compile_s']:.2f} s)")
+  print(f'vmapped / sequential throughput: x{statistics.median(ratios):.2f} (median of per-round ratios; '
+        f'rounds {", ".join(f"{x:.2f}" for x in ratios)})')
+  if _JSON.value:
+    print(json.dumps({'config': config.data.name, 'method': method, 'seeds': num_seeds, 'batch_size': batch,
+                      'device': device, 'replica_devices': 1 if mesh is None else int(mesh.devices.size),
+                      'rows': rows, 'ratio_vmapped_to_sequential': statistics.median(ratios),
+                      'round_ratios': ratios, 'load_average': os.getloadavg()[0]}))
+
+
 def time_round(bench, n):
   state, step, batches = bench['state'], bench['step'], bench['batches']
   start = time.perf_counter()
@@ -135,8 +224,19 @@ def time_round(bench, n):
 
 def main(argv):
   del argv
+  if _MALLOC_REUSE.value:   # first: before any thread is given a malloc arena
+    from mlb_jax import cpu_malloc
+    print(f'malloc_reuse: {cpu_malloc.reuse_freed_memory()}')
+  if _CPU_DEVICES.value:  # before anything initialises the CPU backend
+    jax.config.update('jax_num_cpu_devices', _CPU_DEVICES.value)
+  from mlb_jax import runtime
+  runtime.use_compilation_cache(_CACHE.value)
+  if _SEEDS.value > 1:
+    main_seeds(_CONFIG.value, _METHODS.value[0], _SEEDS.value)
   if _MODEL.value == 'cremad_resnet18':
     main_cremad()
+    return
+  if _SEEDS.value > 1:
     return
   config = _CONFIG.value
   benches = {m: prepare(config, m) for m in _METHODS.value}

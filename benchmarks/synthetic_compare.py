@@ -1,6 +1,8 @@
 """Methods compared on the embedded benchmark over several seeds.
 
   python benchmarks/synthetic_compare.py [--seeds=0,1,2] [--out=benchmarks/out/synthetic_compare]
+  python benchmarks/synthetic_compare.py --methods=mlb,joint --set=dtype=bfloat16 --set=num_seeds=3 \
+      --out=benchmarks/out/synthetic_bf16     # bfloat16 compute, the 3 seeds in one vmapped step
 
 Trains every method of `--methods` plus each modality alone (the reference for
 "what the modality reaches when trained alone") with `configs/synthetic.py`,
@@ -25,7 +27,7 @@ from absl import app, flags, logging
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 from configs import synthetic  # noqa: E402  (path set above)
-from mlb_jax import loop  # noqa: E402
+from mlb_jax import loop, multiseed, runtime  # noqa: E402
 from mlb_jax.experiments import aggregate, runner  # noqa: E402
 
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (training and data draw).')
@@ -34,13 +36,15 @@ _METHODS = flags.DEFINE_list(
     'Methods to compare.')
 _OUT = flags.DEFINE_string('out', 'benchmarks/out/synthetic_compare', 'Output directory.')
 _SET = flags.DEFINE_multi_string('set', [], 'Config overrides for every run, e.g. balancing.alpha=1.5.')
+_ALONE = flags.DEFINE_bool('alone', True, 'Also train each modality alone (the unimodal references).')
 
 HEADS = ('fused', 'audio', 'video')
 
 
 def variants(methods):
   out = {m: f'method={m}' for m in methods}
-  out.update({'audio_alone': 'unimodal=audio', 'video_alone': 'unimodal=video'})
+  if _ALONE.value:
+    out.update({'audio_alone': 'unimodal=audio', 'video_alone': 'unimodal=video'})
   return out
 
 
@@ -62,13 +66,21 @@ def run_variant(name, arg, seeds):
     seconds[os.path.basename(workdir)] = time.time() - start
     return results
 
+  def timed_train_many(configs, workdirs):  # --set=num_seeds=S: S seeds per vmapped step
+    start = time.time()
+    results = multiseed.train_and_evaluate_many(configs, workdirs)
+    for workdir in workdirs:  # the group's time, shared out
+      seconds[os.path.basename(workdir)] = (time.time() - start) / len(workdirs)
+    return results
+
   def show(name, run, results, reused):
     acc = {h: results['test'][h]['accuracy'] for h in HEADS}
     print(f'{name:12s} {run.name}: ' + '  '.join(f'{h} {acc[h]:.4f}' for h in HEADS) +
           ('  (reused)' if reused else f'  ({seconds[run.name]:.0f} s)'), flush=True)
 
   runs = runner.make_runs(seeds=seeds, seed_fields=('seed', 'data.seed'))
-  all_results = runner.run_variant(base_config(arg), _OUT.value, name, runs, train=timed_train, on_result=show)
+  all_results = runner.run_variant(base_config(arg), _OUT.value, name, runs, train=timed_train,
+                                   train_many=timed_train_many, on_result=show)
   return [{'seed': seed, 'test': r['test'], 'best_step': r['best_step'],
            'seconds': seconds.get(run.name)}
           for seed, run, r in zip(seeds, runs, all_results)]
@@ -78,6 +90,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   seeds = [int(s) for s in _SEEDS.value]
+  runtime.use_compilation_cache(base_config('').compilation_cache_dir)
   runs, table = {}, {}
   os.makedirs(_OUT.value, exist_ok=True)
   for name, arg in variants(_METHODS.value).items():

@@ -26,6 +26,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.method = 'mlb'          # joint | multiloss | mlb | ogm | ogm_ge | mslr | agm | pmr | mmcosine
   c.seed = 0                # parameter init, data order, dropout
   c.modalities = ()         # () = every modality the dataset has, in its order
+  # Speed (none of these changes what one run computes, except dtype's rounding).
+  c.num_seeds = 1           # S > 1: S replicas (seeds seed, seed+1, ...) trained by one vmapped step
+                            # (mlb_jax/multiseed.py); each writes <workdir>/seed_<seed>/ as a single run
+  c.dtype = 'float32'       # compute dtype of every encoder and fusion head: float32 | bfloat16
+                            # (parameters, losses, softmax scores and k_i stay float32)
+  c.compilation_cache_dir = ''  # persistent XLA compilation cache directory ('' = JAX's setting)
+  c.profile_steps = ''      # 'A:B' writes a profiler trace of train steps A..B-1 to <workdir>/profile
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'synthetic'         # a key of data_pipelines.PIPELINES
@@ -43,7 +50,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.1             # Mid-MLP dropout (authors: 0.1)
   c.model.mmcosine_scale = 10.0     # MMCosine logit scale s (authors: 10)
   c.model.resnet_width = 64         # resnet18 encoder: stem width w, features 8w (64 = standard ResNet-18)
-  c.model.dtype = 'float32'         # resnet18 compute dtype: float32 | bfloat16 (parameters stay float32)
   c.model.conformer_bottleneck = 50  # conformer encoder: Conv1d(D_in -> 50, k=1) before the blocks (authors: 50)
   c.model.conformer_dim = 512       # Conformer width, also of the transformer fusion (authors: 512)
   c.model.conformer_layers = 5      # conformer encoder blocks (authors: 5)
@@ -103,4 +109,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.select_head = 'fused'       # the best checkpoint maximises this head's val accuracy
   c.train.log_every = 50
   c.train.ece_bins = 15
+  c.train.checkpoint_every_steps = 0  # also save checkpoints/last every N steps (0: only when validating);
+                                      # a killed run resumes from there, SIGTERM saves at the next step
+  c.train.skip_nonfinite = False      # a non-finite loss or gradient: False stops training naming the step
+                                      # and head/modality; True keeps the previous state for that step
+                                      # (counted in train/skipped) and goes on
   return c

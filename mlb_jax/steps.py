@@ -9,6 +9,12 @@ Order within a step (as the authors' code, METHODS.md §1): one train-mode
 forward pass, the multi-loss (Eq. 3) and its gradient; the method's
 coefficients from the stop-gradient unimodal logits of this batch; then the
 optimizer with `modality_scales` = k.
+
+Non-finite values: the metrics carry every head's loss (`loss_<head>`) and every
+parameter group's gradient norm (`grad_norm_<modality>`, `grad_norm_fusion`), from
+which the loop names what went non-finite. With `skip_nonfinite` the step itself
+keeps the previous state (parameters, statistics, optimizer and balancing state)
+when any of them is not finite, and reports `skipped` = 1.
 """
 
 import functools
@@ -18,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mlb_jax import sharding
 from mlb_jax.balancing import ForwardContext, Method, StepInputs
 from mlb_jax.losses import multi_loss
 from mlb_jax.train_state import TrainState
@@ -30,8 +37,15 @@ def _global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
+def finite_guard(metrics: Mapping[str, jax.Array]) -> jax.Array:
+  """bool []: the total loss, every head's loss and every gradient norm are finite."""
+  watched = [v for k, v in metrics.items() if k == 'loss' or k.startswith(('loss_', 'grad_norm_'))]
+  return jnp.all(jnp.isfinite(jnp.stack(watched)))
+
+
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model, tx, method: Method,
-               loss_weights: Mapping[str, float]) -> tuple[TrainState, dict[str, jax.Array]]:
+               loss_weights: Mapping[str, float],
+               skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update.
 
   Args:
@@ -41,6 +55,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model, tx, 
     tx: optimizer accepting `modality_scales` (see `mlb_jax.optim`).
     method: the training method (its hooks are documented in `balancing.method`).
     loss_weights: {head: weight} for Eq. 3.
+    skip_nonfinite: keep the previous state (only the step counter advances)
+      when a loss or a gradient is not finite, and report `skipped`.
 
   Returns:
     (new state, flat metrics dict of float32 scalars).
@@ -85,6 +101,13 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model, tx, 
     metrics[f'acc_{head}'] = jnp.mean(jnp.argmax(z, -1) == labels).astype(jnp.float32)
   for key, sub in grads.items():
     metrics[f'grad_norm_{key}'] = _global_norm(sub)
+  updated = (params, batch_stats, opt_state, balance_state)
+  if skip_nonfinite:
+    ok = finite_guard(metrics)
+    previous = (state.params, state.batch_stats, state.opt_state, state.balance_state)
+    updated = jax.tree.map(lambda new, old: jnp.where(ok, new, old), updated, previous)
+    metrics['skipped'] = 1.0 - ok.astype(jnp.float32)
+  params, batch_stats, opt_state, balance_state = updated
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, balance_state=balance_state)
   return new_state, metrics
@@ -106,18 +129,33 @@ def encode_step(state: TrainState, batch: Mapping[str, jax.Array], *, model) -> 
                      method='encode')
 
 
-def make_train_step(*, model, tx, method: Method, loss_weights, donate: bool = True):
-  """`train_step` with its static pieces bound, jitted once."""
+def _shardings(mesh) -> dict:
+  """jit's sharding kwargs for `(state, batch) -> outputs` over `mesh`: the state and every output
+  replicated, the batch split on `data`; none without a mesh."""
+  if mesh is None:
+    return {}
+  replicated = sharding.replicated(mesh)
+  return {'in_shardings': (replicated, sharding.batch_sharding(mesh)), 'out_shardings': replicated}
+
+
+def make_train_step(*, model, tx, method: Method, loss_weights, donate: bool = True,
+                    skip_nonfinite: bool = False, mesh=None):
+  """`train_step` with its static pieces bound, jitted once.
+
+  With a `mesh` (see `mlb_jax.sharding`) the batch is split over its devices
+  and the state and metrics are replicated; the same step serves any device count.
+  """
   fn = functools.partial(train_step, model=model, tx=tx, method=method,
-                         loss_weights=dict(loss_weights))
-  return jax.jit(fn, donate_argnums=(0,) if donate else ())
+                         loss_weights=dict(loss_weights), skip_nonfinite=skip_nonfinite)
+  return jax.jit(fn, donate_argnums=(0,) if donate else (), **_shardings(mesh))
 
 
-def make_eval_step(*, model):
-  return jax.jit(functools.partial(eval_step, model=model))
+def make_eval_step(*, model, mesh=None):
+  """`eval_step` jitted; with a `mesh`, the batch split over it and the logits replicated."""
+  return jax.jit(functools.partial(eval_step, model=model), **_shardings(mesh))
 
 
-def make_encode_step(*, model):
-  return jax.jit(functools.partial(encode_step, model=model))
+def make_encode_step(*, model, mesh=None):
+  return jax.jit(functools.partial(encode_step, model=model), **_shardings(mesh))
 
 

@@ -52,11 +52,11 @@ def make_batch(modalities, seed=0):
   return batch
 
 
-def build(fusion, modalities=('audio', 'video'), **overrides):
+def build(fusion, modalities=('audio', 'video'), dtype='float32', **overrides):
   cfg = small_model_config(fusion=fusion, **overrides)
   if 'text' in modalities:
     cfg.encoders.text = 'mlp'
-  return models.build_model(cfg, modalities, SHAPES, C)
+  return models.build_model(cfg, modalities, SHAPES, C, dtype=dtype)
 
 
 def init(model, batch):
@@ -180,8 +180,10 @@ def test_padding_mask_reaches_the_conformer_encoder():
 def test_unknown_names_raise():
   with pytest.raises(ValueError, match="unknown model.fusion 'concat'"):
     build('concat')
-  with pytest.raises(ValueError, match="unknown model.dtype 'float16'"):
-    models.compute_dtype(small_model_config(dtype='float16'))
+  with pytest.raises(ValueError, match="unknown dtype 'float16'"):
+    models.compute_dtype('float16')
+  with pytest.raises(ValueError, match="unknown dtype 'float16'"):
+    build('late_linear', dtype='float16')
   with pytest.raises(ValueError, match='FiLM fusion needs at least 2 modalities'):
     models.FiLMFusion(('audio',), C).init(jax.random.key(0), {'audio': jnp.ones((2, 3))}, train=False)
 
@@ -191,12 +193,69 @@ def test_encoders_shapes_and_tokens():
   cases = {'mlp': ((7,), (B, 1, 12)), 'conv': ((16, 12), (B, 48, 4)), 'frames': ((2, 8, 8, 3), (B, 32, 4)),
            'resnet18': ((2, 32, 32, 3), (B, 2, 32)), 'conformer': ((6, 10), (B, 6, 16))}
   for name, (shape, token_shape) in cases.items():
-    enc = models.ENCODERS[name](cfg)()
+    enc = models.ENCODERS[name](cfg, jnp.float32)()
     x = jnp.zeros((B,) + shape)
     variables = jax.eval_shape(lambda x: enc.init(jax.random.key(0), x, train=False), x)
     pooled, tokens = jax.eval_shape(lambda v, x: enc.apply(v, x, train=False, return_tokens=True), variables, x)
     assert tokens.shape == token_shape, name
     assert pooled.shape == (B, token_shape[-1] if name in ('resnet18', 'conformer') else 12), name
+
+
+def test_patch_conv_is_nn_conv():
+  """`PatchConv` (the encoders' vmap-friendly conv) computes nn.Conv's SAME, strided map."""
+  from mlb_jax.models.encoders import PatchConv
+  import flax.linen as nn
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 9, 8, 3)), jnp.float32)
+  for stride in (1, 2):
+    ours = PatchConv(5, stride=stride)
+    params = ours.init(jax.random.key(0), x)
+    reference = nn.Conv(5, (3, 3), strides=(stride, stride), use_bias=False)
+    assert jax.tree.map(jnp.shape, reference.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, params)
+    np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
+
+
+BF16_CASES = {  # every encoder kind and every fusion head at least once
+    'late_linear': {'audio': 'conv', 'video': 'resnet18', 'text': 'mlp'},
+    'transformer': {'audio': 'mlp', 'video': 'frames'},
+    'mid_mlp': {'audio': 'mlp', 'video': 'frames'},
+    'mmcosine': {'audio': 'mlp', 'video': 'frames'},
+    'film': {'audio': 'conformer', 'video': 'frames'},
+    'gated': {'audio': 'mlp', 'video': 'frames'},
+}
+
+
+@pytest.mark.parametrize('fusion', [f if f != 'transformer' else pytest.param(f, marks=pytest.mark.slow)
+                                    for f in sorted(BF16_CASES)])
+def test_bfloat16_computes_in_bfloat16_with_float32_params_logits_and_loss(fusion):
+  """config.dtype reaches every encoder kind and the fusion head: they compute
+  in bfloat16 inside, while parameters, features, logits and the loss stay float32."""
+  from mlb_jax import losses
+  encoders = BF16_CASES[fusion]
+  modalities = tuple(encoders)
+  shapes = dict(SHAPES, video=(1, 16, 16, 3) if encoders['video'] == 'resnet18' else SHAPES['video'],
+                audio=(6, 10) if encoders['audio'] == 'conformer' else SHAPES['audio'])
+  cfg = small_model_config(fusion=fusion, encoders=ml_collections.ConfigDict(encoders))
+  batch = {m: jnp.asarray(np.random.default_rng(1).standard_normal((B,) + shapes[m]), jnp.float32)
+           for m in modalities}
+  labels = jnp.arange(B) % C
+  fused = {}
+  for dtype in ('float32', 'bfloat16'):
+    model = models.build_model(cfg, modalities, shapes, C, dtype=dtype)
+    variables = init(model, batch)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables)), dtype
+    out, state = model.apply(variables, batch, train=True, rngs={'dropout': jax.random.key(2)},
+                             capture_intermediates=lambda *_: True, mutable=['intermediates', 'batch_stats'])
+    inter = state['intermediates']
+    for part in (*modalities, 'fusion'):  # what the submodules computed
+      inner = {x.dtype for x in jax.tree.leaves(inter[part]) if x.ndim >= 2}
+      assert (jnp.dtype('bfloat16') in inner) == (dtype == 'bfloat16'), (dtype, part, inner)
+    assert all(f.dtype == jnp.float32 for f in out.features.values())
+    assert all(z.dtype == jnp.float32 for z in out.logits.values())
+    total, _ = losses.multi_loss(out.logits, labels, {h: 1.0 for h in out.logits})
+    assert total.dtype == jnp.float32 and np.isfinite(float(total))
+    fused[dtype] = np.asarray(out.logits['fused'])
+  diff = np.abs(fused['bfloat16'] - fused['float32'])  # same parameters, rounded computation
+  assert 0 < diff.max() < 0.5, diff.max()
 
 
 # ------------------------------------------------------------------ configs

@@ -225,3 +225,27 @@ def test_batch_norm_matches_plain_autodiff(relu, with_residual):
   flat = np.asarray(x, np.float64).reshape(-1, 6)
   np.testing.assert_allclose(stats1[0], flat.mean(0), rtol=1e-5)
   np.testing.assert_allclose(stats1[1], flat.var(0), rtol=1e-4)
+
+
+@pytest.mark.parametrize('kernel,stride,padding', [(3, 1, 1), (3, 2, 1), (7, 2, 3), (2, 2, 0)])
+@pytest.mark.parametrize('conv', ['conv_im2col', 'conv_mm'])
+def test_conv_formulations_match_plain_convolution(conv, kernel, stride, padding):
+  """Both k x k formulations `conv2d` picks from (by map size), value and both gradients."""
+  rng = np.random.default_rng(kernel + stride)
+  x = jnp.asarray(rng.standard_normal((2, 9, 8, 16)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, 16, 8)), jnp.float32)
+  t = jnp.asarray(rng.standard_normal(resnet._conv(x, w, stride, padding).shape), jnp.float32)
+  loss = lambda conv: lambda x, w: jnp.sum(conv(x, w, stride, padding) * t)
+  ours = jax.jit(jax.value_and_grad(loss(getattr(resnet, conv)), argnums=(0, 1)))(x, w)
+  ref = jax.value_and_grad(loss(resnet._conv), argnums=(0, 1))(x, w)
+  assert_trees_all_close(ours, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_conv2d_picks_im2col_only_for_small_maps_on_cpu():
+  if jax.default_backend() != 'cpu':
+    assert not resnet._use_im2col((24, 4, 4, 512), 3, 512, 1, 1)
+    return
+  assert resnet._use_im2col((24, 4, 4, 512), 3, 512, 1, 1)        # layer4, 112 px frames
+  assert resnet._use_im2col((8, 17, 12, 256), 3, 256, 2, 1)       # audio layer4 entry
+  assert not resnet._use_im2col((24, 28, 28, 64), 3, 64, 1, 1)    # layer1
+  assert not resnet._use_im2col((24, 112, 112, 3), 7, 3, 2, 3)    # the stem

@@ -15,7 +15,8 @@
 
 Every run lives in `<out>/<variant>/<run>/`; finished runs (results.json
 present) are skipped, so re-running a command continues an interrupted
-experiment. `--config.<field>=<value>` overrides apply to every run.
+experiment. `--config.<field>=<value>` overrides apply to every run;
+`--config.num_seeds=3` trains 3 runs of a variant at a time in one vmapped step.
 """
 
 import os
@@ -88,6 +89,8 @@ def _experiment():
   if _CONFIG.value is None:
     raise ValueError(f'--mode={_MODE.value} needs --config')
   config, runs = _CONFIG.value, _runs(runner)
+  from mlb_jax import runtime
+  runtime.use_compilation_cache(config.compilation_cache_dir)
   for run in runs:  # a missing seed/fold field fails now, not after the first variant trained
     runner.with_fields(config, run.assignments)
   os.makedirs(_OUT.value, exist_ok=True)

@@ -11,7 +11,9 @@ of it. The paper reports 3 runs per setting (METHODS.md §6 "Seeds",
 [109, 19, 337][i], and AVE seeds 109, 19, 337 on its fixed split. A run whose
 results.json exists is skipped, and a run with a checkpoint but no
 results.json resumes from it, so an interrupted experiment continues where it
-stopped.
+stopped. With `config.num_seeds = S > 1` the unfinished runs of a variant are
+trained S at a time by one vmapped step (`mlb_jax.multiseed`); each run's
+folder and results.json are those of a single run (its config says num_seeds 1).
 """
 
 import json
@@ -23,6 +25,8 @@ import ml_collections
 from mlb_jax import loop
 
 EXPERIMENT = 'experiment.json'
+# How runs execute, not what they compute: ignored when a finished run's config is compared.
+EXECUTION_FIELDS = ('num_seeds', 'compilation_cache_dir', 'profile_steps')
 
 
 class Run(NamedTuple):
@@ -136,6 +140,8 @@ def _config_differences(stored: dict, now: dict, prefix: str = '') -> list[str]:
   """
   out = []
   for key in sorted(set(stored) & set(now)):
+    if not prefix and key in EXECUTION_FIELDS:
+      continue
     a, b = stored[key], now[key]
     if isinstance(a, dict) and isinstance(b, dict):
       out += _config_differences(a, b, f'{prefix}{key}.')
@@ -169,16 +175,20 @@ def check_name(name: str) -> str:
 
 def run_variant(config: ml_collections.ConfigDict, out: str, name: str, runs: Sequence[Run], *,
                 train: Callable[[ml_collections.ConfigDict, str], dict] | None = None,
+                train_many: Callable[[list, list], list[dict]] | None = None,
                 on_result: Callable[[str, Run, dict, bool], None] | None = None,
                 command: str | None = None) -> list[dict]:
   """Trains `config` once per run in `out/<name>/<run.name>`; finished runs are reused.
 
   Args:
-    config: the variant's configuration.
+    config: the variant's configuration; `num_seeds` S > 1 trains the
+      unfinished runs S at a time with `train_many`.
     out: the experiment folder (created if missing; its parent must exist).
     name: the variant's folder name (e.g. the method).
     runs: from `make_runs`.
     train: `(config, workdir) -> results`; default `loop.train_and_evaluate`.
+    train_many: `(configs, workdirs) -> [results]`; default
+      `multiseed.train_and_evaluate_many`.
     on_result: called as `(name, run, results, reused)` after each run.
     command: the command line, recorded in experiment.json for the report.
 
@@ -191,25 +201,39 @@ def run_variant(config: ml_collections.ConfigDict, out: str, name: str, runs: Se
       `out` or variant name avoids it.
   """
   train = train or loop.train_and_evaluate
+  if train_many is None:
+    from mlb_jax import multiseed
+    train_many = multiseed.train_and_evaluate_many
   check_name(name)
   out = loop.check_workdir(out)
   os.makedirs(os.path.join(out, name), exist_ok=True)
   record_variant(out, name, command)
-  all_results = []
-  for run in runs:
-    run_config = with_fields(config, run.assignments)
+  group_size = config.num_seeds
+  if group_size < 1:
+    raise ValueError(f'num_seeds must be >= 1, got {group_size}')
+  results, todo = {}, []
+  for run in runs:  # finished runs first: a mismatching one fails before anything trains
+    run_config = with_fields(config, {**run.assignments, 'num_seeds': 1})
     workdir = os.path.join(out, name, run.name)
     path = os.path.join(workdir, loop.RESULTS)
-    reused = os.path.exists(path)
-    if reused:
-      results = json.load(open(path))
-      diff = _config_differences(results.get('config', {}), _comparable(run_config.to_dict()))
-      if diff:
-        raise ValueError(f"'{path}' was trained with another config; use a new --out or variant name, "
-                         f'or delete the run. Differences: ' + '; '.join(diff[:10]))
-    else:
-      results = train(run_config, workdir)
-    all_results.append(results)
+    if not os.path.exists(path):
+      todo.append((run, run_config, workdir))
+      continue
+    results[run.name] = json.load(open(path))
+    diff = _config_differences(results[run.name].get('config', {}), _comparable(run_config.to_dict()))
+    if diff:
+      raise ValueError(f"'{path}' was trained with another config; use a new --out or variant name, "
+                       f'or delete the run. Differences: ' + '; '.join(diff[:10]))
     if on_result is not None:
-      on_result(name, run, results, reused)
-  return all_results
+      on_result(name, run, results[run.name], True)
+  for i in range(0, len(todo), group_size):
+    group = todo[i:i + group_size]
+    if len(group) == 1:
+      trained = [train(group[0][1], group[0][2])]
+    else:
+      trained = train_many([c for _, c, _ in group], [w for _, _, w in group])
+    for (run, _, _), r in zip(group, trained):
+      results[run.name] = r
+      if on_result is not None:
+        on_result(name, run, r, False)
+  return [results[run.name] for run in runs]

@@ -2,6 +2,12 @@
 
 `ENCODERS` and `FUSIONS` map config names to module classes; `build_model` turns
 `config.model` plus the dataset's modality shapes into a `MultimodalClassifier`.
+
+`config.dtype` is the one compute-dtype knob: every encoder, unimodal head and
+fusion head computes in it (bfloat16: matrix products, convolutions and
+activations), while parameters stay float32 and the classifier returns float32
+features and logits, so losses, softmax scores and the coefficients k_i are
+float32 whatever the compute dtype.
 """
 
 import functools
@@ -20,44 +26,49 @@ from mlb_jax.models.resnet import ResNet18Encoder
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
-def compute_dtype(model_cfg):
-  """`config.model.dtype` as a jnp dtype."""
-  if model_cfg.dtype not in DTYPES:
-    raise ValueError(f"unknown model.dtype '{model_cfg.dtype}'; expected one of {sorted(DTYPES)}")
-  return DTYPES[model_cfg.dtype]
+def compute_dtype(name: str):
+  """`config.dtype` ('float32' | 'bfloat16') as a jnp dtype."""
+  if name not in DTYPES:
+    raise ValueError(f"unknown dtype '{name}'; expected one of {sorted(DTYPES)}")
+  return DTYPES[name]
 
 
+# Each entry: (config.model, compute dtype) -> constructor.
 ENCODERS = {
-    'mlp': lambda cfg: functools.partial(MLPEncoder, hidden=tuple(cfg.mlp_hidden), features=cfg.features),
-    'conv': lambda cfg: functools.partial(ConvEncoder, widths=tuple(cfg.conv_widths), features=cfg.features),
-    'frames': lambda cfg: functools.partial(FramesEncoder, widths=tuple(cfg.conv_widths), features=cfg.features),
+    'mlp': lambda cfg, dtype: functools.partial(MLPEncoder, hidden=tuple(cfg.mlp_hidden), features=cfg.features,
+                                                dtype=dtype),
+    'conv': lambda cfg, dtype: functools.partial(ConvEncoder, widths=tuple(cfg.conv_widths), features=cfg.features,
+                                                 dtype=dtype),
+    'frames': lambda cfg, dtype: functools.partial(FramesEncoder, widths=tuple(cfg.conv_widths),
+                                                   features=cfg.features, dtype=dtype),
     # The paper's encoders: spectrogram / image / frames (8 * resnet_width features) ...
-    'resnet18': lambda cfg: functools.partial(ResNet18Encoder, width=cfg.resnet_width,
-                                              dtype=compute_dtype(cfg)),
+    'resnet18': lambda cfg, dtype: functools.partial(ResNet18Encoder, width=cfg.resnet_width, dtype=dtype),
     # ... and pretrained frame features [T, D] (conformer_dim features).
-    'conformer': lambda cfg: functools.partial(
+    'conformer': lambda cfg, dtype: functools.partial(
         ConformerEncoder, bottleneck=cfg.conformer_bottleneck, dim=cfg.conformer_dim,
         layers=cfg.conformer_layers, heads=cfg.conformer_heads, ff_mult=cfg.conformer_ff_mult,
-        kernel=cfg.conformer_kernel, dropout=cfg.conformer_dropout),
+        kernel=cfg.conformer_kernel, dropout=cfg.conformer_dropout, dtype=dtype),
 }
 
+# Each entry: (config.model, modalities, num_classes, compute dtype) -> constructor.
 FUSIONS = {
-    'late_linear': lambda cfg, modalities, num_classes: functools.partial(
-        LateLinearFusion, modalities=tuple(modalities), num_classes=num_classes),
-    'mid_mlp': lambda cfg, modalities, num_classes: functools.partial(
+    'late_linear': lambda cfg, modalities, num_classes, dtype: functools.partial(
+        LateLinearFusion, modalities=tuple(modalities), num_classes=num_classes, dtype=dtype),
+    'mid_mlp': lambda cfg, modalities, num_classes, dtype: functools.partial(
         MidMLPFusion, modalities=tuple(modalities), num_classes=num_classes,
-        hidden=cfg.mid_hidden, dropout=cfg.dropout),
-    'mmcosine': lambda cfg, modalities, num_classes: functools.partial(
+        hidden=cfg.mid_hidden, dropout=cfg.dropout, dtype=dtype),
+    'mmcosine': lambda cfg, modalities, num_classes, dtype: functools.partial(
         MMCosineFusion, modalities=tuple(modalities), num_classes=num_classes,
-        scale=cfg.mmcosine_scale),
-    'film': lambda cfg, modalities, num_classes: functools.partial(
-        FiLMFusion, modalities=tuple(modalities), num_classes=num_classes),
-    'gated': lambda cfg, modalities, num_classes: functools.partial(
-        GatedFusion, modalities=tuple(modalities), num_classes=num_classes),
-    'transformer': lambda cfg, modalities, num_classes: functools.partial(
+        scale=cfg.mmcosine_scale, dtype=dtype),
+    'film': lambda cfg, modalities, num_classes, dtype: functools.partial(
+        FiLMFusion, modalities=tuple(modalities), num_classes=num_classes, dtype=dtype),
+    'gated': lambda cfg, modalities, num_classes, dtype: functools.partial(
+        GatedFusion, modalities=tuple(modalities), num_classes=num_classes, dtype=dtype),
+    'transformer': lambda cfg, modalities, num_classes, dtype: functools.partial(
         TransformerFusion, modalities=tuple(modalities), num_classes=num_classes,
         dim=cfg.conformer_dim, layers=cfg.fusion_layers, heads=cfg.conformer_heads,
-        ff_mult=cfg.conformer_ff_mult, kernel=cfg.conformer_kernel, dropout=cfg.conformer_dropout),
+        ff_mult=cfg.conformer_ff_mult, kernel=cfg.conformer_kernel, dropout=cfg.conformer_dropout,
+        dtype=dtype),
 }
 
 
@@ -78,13 +89,17 @@ def encoder_names(model_cfg, sample_shapes: Mapping[str, tuple[int, ...]]) -> di
   return names
 
 
-def build_model(model_cfg, modalities, sample_shapes, num_classes: int) -> MultimodalClassifier:
-  """The classifier for `modalities` (config order) with per-sample `sample_shapes`."""
+def build_model(model_cfg, modalities, sample_shapes, num_classes: int,
+                dtype: str = 'float32') -> MultimodalClassifier:
+  """The classifier for `modalities` (config order) with per-sample `sample_shapes`,
+  computing in `dtype` (`config.dtype`; parameters stay float32)."""
   if model_cfg.fusion not in FUSIONS:
     raise ValueError(f"unknown model.fusion '{model_cfg.fusion}'; expected one of {sorted(FUSIONS)}")
   names = encoder_names(model_cfg, {m: sample_shapes[m] for m in modalities})
+  dtype = compute_dtype(dtype)
   return MultimodalClassifier(
       modalities=tuple(modalities),
-      encoders={m: ENCODERS[names[m]](model_cfg) for m in modalities},
-      fusion=FUSIONS[model_cfg.fusion](model_cfg, modalities, num_classes),
-      num_classes=num_classes)
+      encoders={m: ENCODERS[names[m]](model_cfg, dtype) for m in modalities},
+      fusion=FUSIONS[model_cfg.fusion](model_cfg, modalities, num_classes, dtype),
+      num_classes=num_classes,
+      dtype=dtype)

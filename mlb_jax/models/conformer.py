@@ -20,10 +20,13 @@ the BatchNorm statistics and of the final mean. The reference code instead feeds
 [T, B, D] to this batch-first module, so its attention and convolution mix the
 samples of a mini-batch and its time mean counts padding (METHODS.md §4.4, §7
 item 5); that is not reproduced.
+
+Every module computes in its `dtype` (`config.dtype`; parameters stay float32);
+attention softmax, BatchNorm statistics and the final frame mean run in float32.
 """
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -33,10 +36,11 @@ import numpy as np
 _xavier = nn.initializers.xavier_uniform()
 
 
-def xavier_dense(features: int, use_bias: bool = True, name: Optional[str] = None) -> nn.Dense:
-  """sooftware's `Linear`: xavier-uniform weight, zero bias."""
+def xavier_dense(features: int, use_bias: bool = True, name: Optional[str] = None,
+                 dtype: Any = jnp.float32) -> nn.Dense:
+  """sooftware's `Linear`: xavier-uniform weight, zero bias; computes in `dtype`."""
   return nn.Dense(features, use_bias=use_bias, kernel_init=_xavier, bias_init=nn.initializers.zeros,
-                  name=name)
+                  dtype=dtype, name=name)
 
 
 def _torch_conv_init(fan_in: int):
@@ -67,11 +71,12 @@ class RelativeMultiHeadAttention(nn.Module):
 
   score = ((q + u) k^T + shift((q + v) p^T)) / sqrt(dim), p = pos_proj(PE).
 
-  Attributes: dim; heads; dropout.
+  Attributes: dim; heads; dropout; dtype: compute dtype (the softmax runs in float32).
   """
   dim: int
   heads: int = 8
   dropout: float = 0.1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask: Optional[jax.Array], *, train: bool):
@@ -80,89 +85,94 @@ class RelativeMultiHeadAttention(nn.Module):
       raise ValueError(f'Conformer dim {self.dim} is not divisible by {self.heads} heads')
     d_head = self.dim // self.heads
     split = lambda t: t.reshape(b, -1, self.heads, d_head)
-    q = split(xavier_dense(self.dim, name='query')(x))
-    k = split(xavier_dense(self.dim, name='key')(x))
-    v = split(xavier_dense(self.dim, name='value')(x))
-    pos = xavier_dense(self.dim, use_bias=False, name='pos_proj')(
-        jnp.asarray(sinusoidal_encoding(length, self.dim), x.dtype)).reshape(length, self.heads, d_head)
-    u_bias = self.param('u_bias', _xavier, (self.heads, d_head))
-    v_bias = self.param('v_bias', _xavier, (self.heads, d_head))
+    dense = lambda name, use_bias=True: xavier_dense(self.dim, use_bias, name=name, dtype=self.dtype)
+    q = split(dense('query')(x))
+    k = split(dense('key')(x))
+    v = split(dense('value')(x))
+    pos = dense('pos_proj', use_bias=False)(
+        jnp.asarray(sinusoidal_encoding(length, self.dim), self.dtype)).reshape(length, self.heads, d_head)
+    u_bias = self.param('u_bias', _xavier, (self.heads, d_head)).astype(self.dtype)
+    v_bias = self.param('v_bias', _xavier, (self.heads, d_head)).astype(self.dtype)
     content = jnp.einsum('bqhd,bkhd->bhqk', q + u_bias, k)
     position = relative_shift(jnp.einsum('bqhd,phd->bhqp', q + v_bias, pos))
-    scores = (content + position) / math.sqrt(self.dim)
+    scores = (content + position).astype(jnp.float32) / math.sqrt(self.dim)
     if mask is not None:
       scores = jnp.where(mask[:, None, None, :], scores, -1e9)
-    attn = nn.Dropout(self.dropout, deterministic=not train)(jax.nn.softmax(scores, axis=-1))
+    attn = nn.Dropout(self.dropout, deterministic=not train)(jax.nn.softmax(scores, axis=-1).astype(self.dtype))
     context = jnp.einsum('bhqk,bkhd->bqhd', attn, v).reshape(b, length, self.dim)
-    return xavier_dense(self.dim, name='out')(context)
+    return dense('out')(context)
 
 
 class FeedForward(nn.Module):
-  """Attributes: dim; mult: expansion; dropout."""
+  """Attributes: dim; mult: expansion; dropout; dtype: compute dtype."""
   dim: int
   mult: int = 4
   dropout: float = 0.1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     drop = nn.Dropout(self.dropout, deterministic=not train)
-    x = nn.LayerNorm(epsilon=1e-5)(x)
-    x = drop(nn.swish(xavier_dense(self.dim * self.mult)(x)))
-    return drop(xavier_dense(self.dim)(x))
+    x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x)
+    x = drop(nn.swish(xavier_dense(self.dim * self.mult, dtype=self.dtype)(x)))
+    return drop(xavier_dense(self.dim, dtype=self.dtype)(x))
 
 
 class ConvModule(nn.Module):
-  """Attributes: dim; kernel: depthwise kernel size (odd); dropout."""
+  """Attributes: dim; kernel: depthwise kernel size (odd); dropout; dtype: compute dtype."""
   dim: int
   kernel: int = 31
   dropout: float = 0.1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask: Optional[jax.Array], *, train: bool):
     if self.kernel % 2 != 1:
       raise ValueError(f'Conformer conv kernel must be odd, got {self.kernel}')
-    x = nn.LayerNorm(epsilon=1e-5)(x)
+    x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x)
     x = nn.Conv(2 * self.dim, (1,), kernel_init=_torch_conv_init(self.dim),
-                bias_init=_torch_conv_init(self.dim), name='pointwise1')(x)
+                bias_init=_torch_conv_init(self.dim), dtype=self.dtype, name='pointwise1')(x)
     x = nn.glu(x, axis=-1)
     if mask is not None:
       x = x * mask[..., None].astype(x.dtype)
     x = nn.Conv(self.dim, (self.kernel,), padding=[(self.kernel // 2, self.kernel // 2)],
                 feature_group_count=self.dim, use_bias=False,
-                kernel_init=_torch_conv_init(self.kernel), name='depthwise')(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name='bn')(
+                kernel_init=_torch_conv_init(self.kernel), dtype=self.dtype, name='depthwise')(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name='bn')(
         x, mask=None if mask is None else mask[..., None])
     x = nn.swish(x)
     x = nn.Conv(self.dim, (1,), kernel_init=_torch_conv_init(self.dim),
-                bias_init=_torch_conv_init(self.dim), name='pointwise2')(x)
+                bias_init=_torch_conv_init(self.dim), dtype=self.dtype, name='pointwise2')(x)
     return nn.Dropout(self.dropout, deterministic=not train)(x)
 
 
 class ConformerBlock(nn.Module):
-  """Attributes: dim; heads; ff_mult; kernel; dropout."""
+  """Attributes: dim; heads; ff_mult; kernel; dropout; dtype: compute dtype."""
   dim: int = 512
   heads: int = 8
   ff_mult: int = 4
   kernel: int = 31
   dropout: float = 0.1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask: Optional[jax.Array] = None, *, train: bool):
     drop = nn.Dropout(self.dropout, deterministic=not train)
-    x = x + 0.5 * FeedForward(self.dim, self.ff_mult, self.dropout, name='ff1')(x, train=train)
-    attn_in = nn.LayerNorm(epsilon=1e-5, name='attn_norm')(x)
-    x = x + drop(RelativeMultiHeadAttention(self.dim, self.heads, self.dropout, name='attn')(
+    x = x + 0.5 * FeedForward(self.dim, self.ff_mult, self.dropout, self.dtype, name='ff1')(x, train=train)
+    attn_in = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name='attn_norm')(x)
+    x = x + drop(RelativeMultiHeadAttention(self.dim, self.heads, self.dropout, self.dtype, name='attn')(
         attn_in, mask, train=train))
-    x = x + ConvModule(self.dim, self.kernel, self.dropout, name='conv')(x, mask, train=train)
-    x = x + 0.5 * FeedForward(self.dim, self.ff_mult, self.dropout, name='ff2')(x, train=train)
-    return nn.LayerNorm(epsilon=1e-5, name='out_norm')(x)
+    x = x + ConvModule(self.dim, self.kernel, self.dropout, self.dtype, name='conv')(x, mask, train=train)
+    x = x + 0.5 * FeedForward(self.dim, self.ff_mult, self.dropout, self.dtype, name='ff2')(x, train=train)
+    return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name='out_norm')(x)
 
 
 class Conformer(nn.Module):
   """Linear(D_in -> dim) -> Dropout -> `layers` Conformer blocks; [B, L, D_in] -> [B, L, dim].
 
   Attributes: dim; layers; heads; ff_mult; kernel; dropout; project: apply the
-  input projection (the Transformer fusion projects its tokens itself).
+  input projection (the Transformer fusion projects its tokens itself); dtype:
+  compute dtype.
   """
   dim: int = 512
   layers: int = 5
@@ -171,14 +181,15 @@ class Conformer(nn.Module):
   kernel: int = 31
   dropout: float = 0.1
   project: bool = True
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask: Optional[jax.Array] = None, *, train: bool):
     if self.project:
-      x = xavier_dense(self.dim, name='input_proj')(x)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      x = xavier_dense(self.dim, name='input_proj', dtype=self.dtype)(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x.astype(self.dtype))
     for i in range(self.layers):
-      x = ConformerBlock(self.dim, self.heads, self.ff_mult, self.kernel, self.dropout,
+      x = ConformerBlock(self.dim, self.heads, self.ff_mult, self.kernel, self.dropout, self.dtype,
                          name=f'block{i}')(x, mask, train=train)
     return x
 
@@ -202,7 +213,7 @@ class ConformerEncoder(nn.Module):
   return_tokens: also return the frame outputs [B, T, dim].
 
   Attributes: bottleneck (authors: 50); dim; layers (authors: 5); heads;
-  ff_mult; kernel; dropout.
+  ff_mult; kernel; dropout; dtype: compute dtype (the pooled output is float32).
   """
   bottleneck: int = 50
   dim: int = 512
@@ -211,6 +222,7 @@ class ConformerEncoder(nn.Module):
   ff_mult: int = 4
   kernel: int = 31
   dropout: float = 0.1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask: Optional[jax.Array] = None,
@@ -223,8 +235,8 @@ class ConformerEncoder(nn.Module):
     if mask is None:
       mask = jnp.any(x != 0, axis=-1)
     x = nn.Dense(self.bottleneck, use_bias=False, kernel_init=_torch_conv_init(x.shape[-1]),
-                 name='bottleneck')(x)
+                 dtype=self.dtype, name='bottleneck')(x)
     tokens = Conformer(self.dim, self.layers, self.heads, self.ff_mult, self.kernel, self.dropout,
-                       name='conformer')(x, mask, train=train)
-    pooled = masked_mean(tokens, mask)
+                       dtype=self.dtype, name='conformer')(x, mask, train=train)
+    pooled = masked_mean(tokens.astype(jnp.float32), mask)
     return (pooled, tokens) if return_tokens else pooled

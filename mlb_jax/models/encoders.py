@@ -11,72 +11,120 @@ The paper's ResNet-18 and Conformer encoders live in their own modules.
 With `return_tokens=True` each encoder also returns a token sequence
 [B, N, D'] for the Transformer fusion: the vector itself (MLP, N = 1) or the
 positions of the last feature map (conv: N = h w; frames: N = T h w).
+
+Every encoder computes in its `dtype` (`config.dtype`; parameters stay float32).
+The 3x3 convolutions are written as one matrix product over the 9 shifted
+views of the input (`PatchConv`): the same map as `nn.Conv` (same parameter,
+init and SAME padding), and under `jax.vmap` over per-seed parameters
+(`mlb_jax.multiseed`) a batched matrix product, where XLA:CPU would otherwise
+run a grouped convolution several times slower per seed.
 """
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 
 class MLPEncoder(nn.Module):
-  """Attributes: hidden: widths of the hidden layers; features: output width D."""
+  """Attributes: hidden: widths of the hidden layers; features: output width D; dtype: compute dtype."""
   hidden: Sequence[int] = (256,)
   features: int = 128
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool, return_tokens: bool = False):
     del train
-    x = x.reshape(x.shape[0], -1).astype(jnp.float32)
+    x = x.reshape(x.shape[0], -1).astype(self.dtype)
     for width in self.hidden:
-      x = nn.relu(nn.Dense(width)(x))
-    out = nn.relu(nn.Dense(self.features)(x))
+      x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
+    out = nn.relu(nn.Dense(self.features, dtype=self.dtype)(x))
     return (out, out[:, None, :]) if return_tokens else out
 
 
+def _same_padding(size: int, stride: int, kernel: int) -> tuple[int, int]:
+  """SAME padding (lo, hi) of one spatial axis, as `nn.Conv` and `lax` pad."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+class PatchConv(nn.Module):
+  """Bias-free k x k conv with SAME padding as one matrix product over the k^2
+  shifted, strided views of the input ([N, H, W, C] -> [N, H/s, W/s, features]).
+
+  Its parameter `kernel` [k, k, C, features] has `nn.Conv`'s name, shape and
+  init, so this is `nn.Conv(features, (k, k), strides=s, use_bias=False)` with
+  another summation order.
+
+  Attributes: features; kernel: k; stride: s; dtype: compute dtype.
+  """
+  features: int
+  kernel: int = 3
+  stride: int = 2
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    k, s = self.kernel, self.stride
+    w = self.param('kernel', nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
+    (top, bottom), (left, right) = (_same_padding(x.shape[1], s, k), _same_padding(x.shape[2], s, k))
+    xp = jnp.pad(x.astype(self.dtype), ((0, 0), (top, bottom), (left, right), (0, 0)))
+    h, wd = -(-x.shape[1] // s), -(-x.shape[2] // s)
+    views = [xp[:, i:i + (h - 1) * s + 1:s, j:j + (wd - 1) * s + 1:s, :] for i in range(k) for j in range(k)]
+    return jnp.concatenate(views, axis=-1) @ w.reshape(-1, self.features).astype(self.dtype)
+
+
 class ConvStack(nn.Module):
-  """3x3 convs with stride 2, BatchNorm and ReLU; returns the last feature map."""
+  """3x3 convs with stride 2, BatchNorm and ReLU; returns the last feature map.
+
+  Attributes: widths: conv widths; dtype: compute dtype.
+  """
   widths: Sequence[int] = (16, 32, 64)
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    for width in self.widths:
-      x = nn.Conv(width, (3, 3), strides=(2, 2), use_bias=False)(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+    for i, width in enumerate(self.widths):
+      x = PatchConv(width, dtype=self.dtype, name=f'Conv_{i}')(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                       name=f'BatchNorm_{i}')(x)
       x = nn.relu(x)
     return x
 
 
 class ConvEncoder(nn.Module):
-  """Attributes: widths: conv widths; features: output width D."""
+  """Attributes: widths: conv widths; features: output width D; dtype: compute dtype."""
   widths: Sequence[int] = (16, 32, 64)
   features: int = 128
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool, return_tokens: bool = False):
-    x = x.astype(jnp.float32)
+    x = x.astype(self.dtype)
     if x.ndim == 3:
       x = x[..., None]
     if x.ndim != 4:
       raise ValueError(f'ConvEncoder expects [B, H, W] or [B, H, W, C], got shape {x.shape}')
-    x = ConvStack(self.widths)(x, train=train)
-    out = nn.relu(nn.Dense(self.features)(jnp.mean(x, axis=(1, 2))))
+    x = ConvStack(self.widths, self.dtype)(x, train=train)
+    out = nn.relu(nn.Dense(self.features, dtype=self.dtype)(jnp.mean(x, axis=(1, 2))))
     return (out, x.reshape(x.shape[0], -1, x.shape[-1])) if return_tokens else out
 
 
 class FramesEncoder(nn.Module):
-  """Attributes: widths: conv widths; features: output width D."""
+  """Attributes: widths: conv widths; features: output width D; dtype: compute dtype."""
   widths: Sequence[int] = (16, 32, 64)
   features: int = 128
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool, return_tokens: bool = False):
     if x.ndim != 5:
       raise ValueError(f'FramesEncoder expects [B, T, H, W, C], got shape {x.shape}')
     b, t = x.shape[:2]
-    maps = ConvStack(self.widths)(x.reshape((b * t,) + x.shape[2:]).astype(jnp.float32), train=train)
+    maps = ConvStack(self.widths, self.dtype)(x.reshape((b * t,) + x.shape[2:]).astype(self.dtype), train=train)
     tokens = maps.reshape(b, -1, maps.shape[-1])
-    out = nn.relu(nn.Dense(self.features)(jnp.mean(tokens, axis=1)))
+    out = nn.relu(nn.Dense(self.features, dtype=self.dtype)(jnp.mean(tokens, axis=1)))
     return (out, tokens) if return_tokens else out
 
 

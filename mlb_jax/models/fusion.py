@@ -7,9 +7,12 @@ of per-modality terms also has `contributions(features) -> {m: [B, C]}`
 The paper's heads (METHODS.md §4.3): Late-Linear, Mid-MLP, FiLM, Gated and the
 Transformer fusion, which reads the encoders' un-pooled token sequences
 (`uses_tokens = True`); MMCosine belongs to its balancing method (§3.7).
+
+Every head computes in its `dtype` (`config.dtype`) with float32 parameters;
+`MultimodalClassifier` casts the logits to float32.
 """
 
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -31,20 +34,21 @@ class LateLinearFusion(nn.Module):
   (METHODS.md §4.3). The modality contributions split the bias evenly,
   z_m = f_m W_m + b / M, as the authors' OGM code does (b/2 for M = 2).
 
-  Attributes: modalities: concatenation order; num_classes: C.
+  Attributes: modalities: concatenation order; num_classes: C; dtype: compute dtype.
   """
   modalities: Sequence[str]
   num_classes: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def contributions(self, features: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     dims = [features[m].shape[-1] for m in self.modalities]
     init = _torch_linear_init(sum(dims))
-    kernel = self.param('kernel', init, (sum(dims), self.num_classes))
-    bias = self.param('bias', init, (self.num_classes,))
+    kernel = self.param('kernel', init, (sum(dims), self.num_classes)).astype(self.dtype)
+    bias = self.param('bias', init, (self.num_classes,)).astype(self.dtype)
     out, start = {}, 0
     for m, d in zip(self.modalities, dims):
-      out[m] = features[m] @ kernel[start:start + d] + bias / len(self.modalities)
+      out[m] = features[m].astype(self.dtype) @ kernel[start:start + d] + bias / len(self.modalities)
       start += d
     return out
 
@@ -57,20 +61,21 @@ class MidMLPFusion(nn.Module):
   """Concatenate, then Linear -> ReLU -> Dropout -> Linear -> ReLU -> Dropout -> Linear
   (the authors' Mid-MLP, `fc_inner` 64, dropout 0.1: three affine maps).
 
-  Attributes: modalities; num_classes; hidden: inner width; dropout: rate.
+  Attributes: modalities; num_classes; hidden: inner width; dropout: rate; dtype: compute dtype.
   """
   modalities: Sequence[str]
   num_classes: int
   hidden: int = 64
   dropout: float = 0.1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, features: Mapping[str, jax.Array], *, train: bool):
     x = jnp.concatenate([features[m] for m in self.modalities], axis=-1)
     drop = lambda h: nn.Dropout(self.dropout, deterministic=not train)(nn.relu(h))
-    x = drop(nn.Dense(self.hidden)(x))
-    x = drop(nn.Dense(self.hidden)(x))
-    return nn.Dense(self.num_classes)(x)
+    x = drop(nn.Dense(self.hidden, dtype=self.dtype)(x))
+    x = drop(nn.Dense(self.hidden, dtype=self.dtype)(x))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x)
 
 
 class MMCosineFusion(nn.Module):
@@ -79,21 +84,23 @@ class MMCosineFusion(nn.Module):
   z[c] = s * sum_m cos(f_m, W_m[c]), with each feature vector and each class
   weight row L2-normalised and no bias.
 
-  Attributes: modalities; num_classes; scale: s (the authors use 10).
+  Attributes: modalities; num_classes; scale: s (the authors use 10); dtype:
+  compute dtype of the cosine products (the norms are taken in float32).
   """
   modalities: Sequence[str]
   num_classes: int
   scale: float = 10.0
+  dtype: Any = jnp.float32
 
   @nn.compact
   def contributions(self, features: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     out = {}
     for m in self.modalities:
-      f = features[m]
+      f = features[m].astype(jnp.float32)
       w = self.param(f'kernel_{m}', _torch_linear_init(f.shape[-1]), (f.shape[-1], self.num_classes))
       f_unit = f * jax.lax.rsqrt(jnp.sum(f * f, axis=-1, keepdims=True) + 1e-12)
       w_unit = w * jax.lax.rsqrt(jnp.sum(w * w, axis=0, keepdims=True) + 1e-12)
-      out[m] = self.scale * (f_unit @ w_unit)
+      out[m] = self.scale * (f_unit.astype(self.dtype) @ w_unit.astype(self.dtype))
     return out
 
   def __call__(self, features: Mapping[str, jax.Array], *, train: bool):
@@ -110,9 +117,9 @@ def _split_condition(modalities: Sequence[str], features: Mapping[str, jax.Array
   return features[modalities[0]], rest
 
 
-def _torch_dense(features: int, fan_in: int, name: str) -> nn.Dense:
+def _torch_dense(features: int, fan_in: int, name: str, dtype=jnp.float32) -> nn.Dense:
   init = _torch_linear_init(fan_in)
-  return nn.Dense(features, kernel_init=init, bias_init=init, name=name)
+  return nn.Dense(features, kernel_init=init, bias_init=init, dtype=dtype, name=name)
 
 
 class FiLMFusion(nn.Module):
@@ -123,18 +130,19 @@ class FiLMFusion(nn.Module):
   (M = 2, the authors' audio-conditions-video) or the concatenation of all
   modalities after the first (M > 2). PyTorch's default Linear init.
 
-  Attributes: modalities (the first conditions); num_classes.
+  Attributes: modalities (the first conditions); num_classes; dtype: compute dtype.
   """
   modalities: Sequence[str]
   num_classes: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, features: Mapping[str, jax.Array], *, train: bool):
     del train
     cond, rest = _split_condition(self.modalities, features, 'FiLM')
     d = rest.shape[-1]
-    gamma, beta = jnp.split(_torch_dense(2 * d, cond.shape[-1], 'film')(cond), 2, axis=-1)
-    return _torch_dense(self.num_classes, d, 'out')(gamma * rest + beta)
+    gamma, beta = jnp.split(_torch_dense(2 * d, cond.shape[-1], 'film', self.dtype)(cond), 2, axis=-1)
+    return _torch_dense(self.num_classes, d, 'out', self.dtype)(gamma * rest.astype(self.dtype) + beta)
 
 
 class GatedFusion(nn.Module):
@@ -144,19 +152,20 @@ class GatedFusion(nn.Module):
   the second (M = 2) or the concatenation of the others (M > 2); the gate and
   value projections have the width of f_rest (512 for two ResNet-18s).
 
-  Attributes: modalities (the first gates); num_classes.
+  Attributes: modalities (the first gates); num_classes; dtype: compute dtype.
   """
   modalities: Sequence[str]
   num_classes: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, features: Mapping[str, jax.Array], *, train: bool):
     del train
     gate_in, rest = _split_condition(self.modalities, features, 'Gated')
     d = rest.shape[-1]
-    gate = jax.nn.sigmoid(_torch_dense(d, gate_in.shape[-1], 'gate')(gate_in))
-    value = _torch_dense(d, d, 'value')(rest)
-    return _torch_dense(self.num_classes, d, 'out')(gate * value)
+    gate = jax.nn.sigmoid(_torch_dense(d, gate_in.shape[-1], 'gate', self.dtype)(gate_in))
+    value = _torch_dense(d, d, 'value', self.dtype)(rest)
+    return _torch_dense(self.num_classes, d, 'out', self.dtype)(gate * value)
 
 
 class TransformerFusion(nn.Module):
@@ -175,7 +184,8 @@ class TransformerFusion(nn.Module):
   Call: `fusion(features, train=..., tokens={m: [B, N_m, D_m]},
   token_masks={m: bool [B, N_m]} (optional))`; `features` (pooled) are unused.
 
-  Attributes: modalities; num_classes; dim; layers; heads; ff_mult; kernel; dropout.
+  Attributes: modalities; num_classes; dim; layers; heads; ff_mult; kernel; dropout;
+  dtype: compute dtype.
   """
   modalities: Sequence[str]
   num_classes: int
@@ -185,6 +195,7 @@ class TransformerFusion(nn.Module):
   ff_mult: int = 4
   kernel: int = 31
   dropout: float = 0.1
+  dtype: Any = jnp.float32
 
   uses_tokens = True  # MultimodalClassifier passes the encoders' token sequences
 
@@ -201,13 +212,13 @@ class TransformerFusion(nn.Module):
     for m in self.modalities:
       t = tokens[m].astype(jnp.float32)
       mod_token = self.param(f'token_{m}', nn.initializers.normal(1.0), (t.shape[-1],))
-      seqs.append(conformer.xavier_dense(self.dim, name=f'proj_{m}')(t + mod_token))
+      seqs.append(conformer.xavier_dense(self.dim, name=f'proj_{m}', dtype=self.dtype)(t + mod_token))
       mask = token_masks.get(m)
       masks.append(jnp.ones(t.shape[:2], bool) if mask is None else mask.astype(bool))
     b = seqs[0].shape[0]
-    cls = self.param('cls_token', nn.initializers.normal(1.0), (self.dim,))
+    cls = self.param('cls_token', nn.initializers.normal(1.0), (self.dim,)).astype(self.dtype)
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.dim))] + seqs, axis=1)
     mask = jnp.concatenate([jnp.ones((b, 1), bool)] + masks, axis=1)
     x = conformer.Conformer(self.dim, self.layers, self.heads, self.ff_mult, self.kernel,
-                             self.dropout, project=False, name='conformer')(x, mask, train=train)
-    return _torch_dense(self.num_classes, self.dim, 'out')(x[:, 0])
+                             self.dropout, project=False, dtype=self.dtype, name='conformer')(x, mask, train=train)
+    return _torch_dense(self.num_classes, self.dim, 'out', self.dtype)(x[:, 0])

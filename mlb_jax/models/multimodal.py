@@ -15,12 +15,18 @@ Two optional inputs reach the encoders and the fusion:
     is passed to that modality's encoder as `mask=` (frame-feature encoders);
   * a fusion with `uses_tokens = True` (Transformer fusion) also receives the
     encoders' un-pooled token sequences {m: [B, N_m, D_m]} and their masks.
+
+Mixed precision: encoders, heads and fusion compute in their `dtype`
+(`config.dtype`), but what leaves the classifier — pooled features, every
+head's logits and contributions — is float32, so losses, softmax scores and
+the balancing coefficients are computed in float32.
 """
 
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from mlb_jax.losses import FUSED
 
@@ -41,13 +47,15 @@ class ModalityBranch(nn.Module):
   Attributes:
     make_encoder: constructor of the encoder module.
     num_classes: C.
+    dtype: compute dtype of the head.
   """
   make_encoder: Callable[..., nn.Module]
   num_classes: int
+  dtype: Any = jnp.float32
 
   def setup(self):
     self.encoder = self.make_encoder()
-    self.head = nn.Dense(self.num_classes)
+    self.head = nn.Dense(self.num_classes, dtype=self.dtype)
 
   def encode(self, x, *, train: bool, mask=None, return_tokens: bool = False):
     kwargs = {} if mask is None else {'mask': mask}
@@ -69,21 +77,24 @@ class MultimodalClassifier(nn.Module):
     encoders: {modality: encoder constructor}, e.g. `functools.partial(ConvEncoder, features=128)`.
     fusion: fusion constructor; the module maps {modality: [B, D]} to [B, C].
     num_classes: C.
+    dtype: compute dtype of the unimodal heads (the encoder and fusion
+      constructors carry their own); outputs are float32 regardless.
   """
   modalities: Sequence[str]
   encoders: Mapping[str, Callable[..., nn.Module]]
   fusion: Callable[..., nn.Module]
   num_classes: int
+  dtype: Any = jnp.float32
 
   def setup(self):
-    self.branches = {m: ModalityBranch(self.encoders[m], self.num_classes, name=m)
+    self.branches = {m: ModalityBranch(self.encoders[m], self.num_classes, self.dtype, name=m)
                      for m in self.modalities}
     self.fusion_head = self.fusion(name='fusion')
 
   def encode(self, batch: Mapping[str, jax.Array], *, train: bool,
              only: Optional[Sequence[str]] = None) -> dict[str, jax.Array]:
-    """Pooled features {m: [B, D]} of every modality (or those in `only`)."""
-    return {m: self.branches[m].encode(batch[m], train=train, mask=batch.get(m + MASK_SUFFIX))
+    """Pooled features {m: float32 [B, D]} of every modality (or those in `only`)."""
+    return {m: _float32(self.branches[m].encode(batch[m], train=train, mask=batch.get(m + MASK_SUFFIX)))
             for m in (only or self.modalities)}
 
   def encode_tokens(self, batch: Mapping[str, jax.Array], *, train: bool,
@@ -93,24 +104,24 @@ class MultimodalClassifier(nn.Module):
     features, tokens, masks = {}, {}, {}
     for m in only or self.modalities:
       mask = batch.get(m + MASK_SUFFIX)
-      features[m], tokens[m] = self.branches[m].encode(batch[m], train=train, mask=mask,
-                                                       return_tokens=True)
+      pooled, tokens[m] = self.branches[m].encode(batch[m], train=train, mask=mask, return_tokens=True)
+      features[m] = _float32(pooled)
       if mask is not None:
         masks[m] = mask
     return features, tokens, masks
 
   def heads(self, features: Mapping[str, jax.Array], *, detach: bool = False) -> dict[str, jax.Array]:
-    """Unimodal logits {m: [B, C]}; `detach` makes them stop-gradient probes."""
-    return {m: self.branches[m].classify(features[m], detach=detach) for m in self.modalities}
+    """Unimodal logits {m: float32 [B, C]}; `detach` makes them stop-gradient probes."""
+    return {m: _float32(self.branches[m].classify(features[m], detach=detach)) for m in self.modalities}
 
   def fuse(self, features: Mapping[str, jax.Array], *, train: bool,
            tokens: Optional[Mapping[str, jax.Array]] = None,
            token_masks: Optional[Mapping[str, jax.Array]] = None) -> jax.Array:
-    """Fused logits [B, C]; `tokens`/`token_masks` (from `encode_tokens`) are
+    """Fused logits float32 [B, C]; `tokens`/`token_masks` (from `encode_tokens`) are
     required by, and only passed to, a fusion with `uses_tokens`."""
     if getattr(self.fusion_head, 'uses_tokens', False):
-      return self.fusion_head(features, train=train, tokens=tokens, token_masks=token_masks)
-    return self.fusion_head(features, train=train)
+      return _float32(self.fusion_head(features, train=train, tokens=tokens, token_masks=token_masks))
+    return _float32(self.fusion_head(features, train=train))
 
   def __call__(self, batch: Mapping[str, Any], *, train: bool,
                detach_unimodal: bool = False) -> ModelOutput:
@@ -127,8 +138,12 @@ class MultimodalClassifier(nn.Module):
     logits = self.heads(features, detach=detach_unimodal)
     contributions = None
     if hasattr(self.fusion_head, 'contributions'):
-      contributions = self.fusion_head.contributions(features)
+      contributions = {m: _float32(z) for m, z in self.fusion_head.contributions(features).items()}
       logits[FUSED] = sum(contributions[m] for m in self.modalities)
     else:
       logits[FUSED] = self.fuse(features, train=train, tokens=tokens, token_masks=token_masks)
     return ModelOutput(logits, features, contributions)
+
+
+def _float32(x: jax.Array) -> jax.Array:
+  return x.astype(jnp.float32)

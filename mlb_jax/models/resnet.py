@@ -35,7 +35,15 @@ VJP, tested against `jax.grad` of the plain operation:
   * `batch_norm_train`: batch norm, residual add and ReLU as one op that saves
     only its input and output, with a two-pass backward.
 
-They are ordinary XLA programs, so they run unchanged on GPU.
+On small maps with many channels (layer3/layer4 at CREMA-D sizes) XLA's CPU
+convolution, input gradient included, is slower than one matrix product over
+explicit patches: there `conv2d` uses `conv_im2col` (plain autodiff), on the
+CPU backend only (`_use_im2col`; other backends keep the convolution).
+
+They are ordinary XLA programs, so they run unchanged on GPU. The
+per-step scratch buffer that XLA's CPU runtime allocates afresh (and
+page-faults in) every step is a process-level matter: see
+`mlb_jax/cpu_malloc.py` (opt-in).
 """
 
 import functools
@@ -158,17 +166,61 @@ def _conv_mm_bwd(stride, padding, res, g):
 conv_mm.defvjp(_conv_mm_fwd, _conv_mm_bwd)
 
 
+def conv_im2col(x, w, stride: int, padding: int):
+  """2-D convolution as one matrix product over explicit patches (im2col).
+
+  The k^2 strided windows of the padded input are concatenated along channels
+  into [N, Ho, Wo, k^2 C_in] and multiplied by the kernel reshaped to
+  [k^2 C_in, C_out]. Plain autodiff then gives matrix products for both
+  gradients (the input gradient: one product, then the k^2 windows padded back
+  into place and summed). Cheaper than XLA's CPU convolution and its gradients
+  where the map is small and the channels many (layer3/layer4 of ResNet-18 at
+  CREMA-D sizes), much dearer where the patch matrix is large; see `conv2d`.
+  """
+  k, _, c_in, c_out = w.shape
+  n, h, wd, _ = x.shape
+  ho, wo = (h + 2 * padding - k) // stride + 1, (wd + 2 * padding - k) // stride + 1
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  cols = [lax.slice(xp, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c_in),
+                    (1, stride, stride, 1)) for i in range(k) for j in range(k)]
+  patches = jnp.concatenate(cols, axis=-1)
+  return jnp.dot(patches, w.reshape(k * k * c_in, c_out),
+                 preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+# `conv2d` uses `conv_im2col` on CPU when the patch matrix has at most this many
+# rows (N Ho Wo), any stride, or `_IM2COL_MAX_ROWS_STRIDE1` rows at stride 1 (one
+# core, fwd + both gradients, CPU seconds: 4x4x512 maps of 24 frames 78 -> 59 ms,
+# 9x6x512 audio maps 70 -> 59 ms, 7x7x256 41 -> 37 ms; at 14x14x256 (4704 rows)
+# im2col is 40 % slower, so larger maps keep `conv_mm`).
+_IM2COL_MAX_ROWS = 512
+_IM2COL_MAX_ROWS_STRIDE1 = 1200
+
+
+def _use_im2col(x_shape, kernel: int, c_in: int, stride: int, padding: int) -> bool:
+  if c_in < 16 or jax.default_backend() != 'cpu':
+    return False
+  n, h, wd, _ = x_shape
+  rows = n * ((h + 2 * padding - kernel) // stride + 1) * ((wd + 2 * padding - kernel) // stride + 1)
+  return rows <= (_IM2COL_MAX_ROWS_STRIDE1 if stride == 1 else _IM2COL_MAX_ROWS)
+
+
 def conv2d(x, w, stride: int, padding: int):
   """The convolution of `Conv`, formulated per shape for fast CPU gradients.
 
   * 1x1 kernels: a strided slice and a matrix product (autodiff gives matrix
     products for both gradients);
-  * k x k kernels: `conv_mm`, XLA's convolution forward and input gradient
-    with the matrix-product weight gradient of `conv_weight_grad`.
+  * k x k kernels on small maps with >= 16 input channels, on the CPU backend
+    only: `conv_im2col`, one matrix product (see `_use_im2col`); other
+    backends keep the convolution (cuDNN);
+  * other k x k kernels: `conv_mm`, XLA's convolution forward and input
+    gradient with the matrix-product weight gradient of `conv_weight_grad`.
   """
   if w.shape[0] == 1 and padding == 0:
     xs = x[:, ::stride, ::stride, :]
     return jnp.dot(xs, w[0, 0], preferred_element_type=jnp.float32).astype(x.dtype)
+  if _use_im2col(x.shape, w.shape[0], w.shape[2], stride, padding):
+    return conv_im2col(x, w, stride, padding)
   return conv_mm(x, w, stride, padding)
 
 

@@ -1,0 +1,136 @@
+"""Several seeds in one vmapped step equal the same seeds trained one after another."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs import synthetic
+from data_pipelines import common
+from mlb_jax import checkpointing, loop, multiseed, steps
+from mlb_jax.experiments import runner
+from tests.tree_asserts import assert_trees_all_close
+
+STEPS = 3
+
+
+def seed_config(method, seed):
+  """A smoke config whose seed also redraws the data, as `--seed_fields=seed,data.seed`."""
+  config = synthetic.get_config(f'method={method},smoke')
+  config.seed = config.data.seed = seed
+  return config
+
+
+@pytest.mark.parametrize('method', ['mlb', 'ogm_ge'])
+def test_vmapped_step_equals_single_runs(method):
+  """S = 2 replicas, each with its own init, data draw, batches and balancing state:
+  after 3 vmapped steps every replica's whole state equals its single run's."""
+  exps = [loop.build(seed_config(method, seed)) for seed in (0, 1)]
+  multiseed.check_replicas(exps)
+  batches = []
+  for e in exps:
+    it = common.train_batches(e.dataset.splits['train'], batch_size=e.config.data.batch_size, seed=e.config.seed)
+    batches.append([next(it) for _ in range(STEPS)])
+  single = steps.make_train_step(model=exps[0].model, tx=exps[0].tx, method=exps[0].method,
+                                 loss_weights=exps[0].loss_weights, donate=False)
+  expected, expected_metrics = [], []
+  for e, bs in zip(exps, batches):
+    state = loop.initial_state(e)
+    for batch in bs:
+      state, metrics = single(state, batch)
+    expected.append(state)
+    expected_metrics.append(metrics)
+
+  multi = multiseed.make_multi_train_step(model=exps[0].model, tx=exps[0].tx, method=exps[0].method,
+                                          loss_weights=exps[0].loss_weights)
+  state = multiseed.stack([loop.initial_state(e) for e in exps])
+  for t in range(STEPS):
+    state, metrics = multi(state, {k: np.stack([bs[t][k] for bs in batches]) for k in batches[0][t]})
+  for s in range(2):
+    got = multiseed.unstack(state, s)
+    assert int(got.step) == STEPS
+    for part in ('params', 'batch_stats', 'opt_state', 'balance_state'):
+      assert_trees_all_close(getattr(got, part), getattr(expected[s], part), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(metrics['loss'][s], expected_metrics[s]['loss'], rtol=1e-5)
+    if method == 'mlb':
+      np.testing.assert_allclose(metrics['scale_video'][s], expected_metrics[s]['scale_video'], rtol=1e-5)
+  # the replicas really differ (own seed, own data)
+  assert not np.allclose(metrics['loss'][0], metrics['loss'][1])
+
+
+@pytest.mark.slow  # 3 trainings with evaluation and checkpoints: 50-100 s on 2 shared cores
+def test_num_seeds_writes_each_seed_as_its_single_run(tmp_path):
+  """run.py's num_seeds=2: <workdir>/seed_0 and seed_1 hold what two single runs write,
+  with the same test metrics and the same best checkpoint (to float rounding)."""
+  config = synthetic.get_config('method=mlb,smoke')
+  config.num_seeds = 2
+  results = multiseed.train_and_evaluate_seeds(config, str(tmp_path / 'multi'))
+  for seed in (0, 1):
+    workdir = tmp_path / 'multi' / f'seed_{seed}'
+    assert set(os.listdir(workdir)) >= {'results.json', 'metrics.jsonl', 'checkpoints', loop.PREDICTIONS}
+    on_disk = json.load(open(workdir / 'results.json'))
+    assert on_disk['config']['seed'] == seed and on_disk['config']['num_seeds'] == 1
+  for seed, got in [(1, results[1])]:  # seed 0 of the pair is checked step by step above
+    single_config = synthetic.get_config('method=mlb,smoke')
+    single_config.seed = seed
+    expected = loop.train_and_evaluate(single_config, str(tmp_path / f'single_{seed}'))
+    workdir = tmp_path / 'multi' / f'seed_{seed}'
+    assert json.load(open(workdir / 'results.json'))['config'] == json.load(
+        open(tmp_path / f'single_{seed}' / 'results.json'))['config']
+    assert got['best_step'] == expected['best_step']
+    for head, d in expected['test'].items():
+      np.testing.assert_allclose(got['test'][head]['loss'], d['loss'], rtol=1e-5)
+      assert got['test'][head]['accuracy'] == d['accuracy']
+    exp = loop.build(single_config)
+    restored = []
+    for w in (workdir, tmp_path / f'single_{seed}'):
+      mngr = checkpointing.manager(str(w), checkpointing.BEST)
+      restored.append(checkpointing.restore_latest(mngr, loop.initial_state(exp))[0])
+      mngr.close()
+    assert_trees_all_close(restored[0].params, restored[1].params, rtol=1e-5, atol=1e-6)
+
+
+def test_replicas_must_share_the_step():
+  a, b = seed_config('mlb', 0), seed_config('mlb', 1)
+  b.balancing.alpha = 0.5
+  with pytest.raises(ValueError, match=r"differs from seed 0 in \['balancing'\]"):
+    multiseed.check_replicas([loop.build(a), loop.build(b)])
+  config = synthetic.get_config('smoke')
+  config.num_seeds = 2
+  with pytest.raises(ValueError, match='num_seeds=2 trains several seeds'):
+    loop.train_and_evaluate(config, '/tmp/never_used')
+
+
+def test_runner_trains_unfinished_runs_num_seeds_at_a_time(tmp_path):
+  """num_seeds=2 over 3 runs, one finished: the other two go to train_many together."""
+  config = synthetic.get_config('method=mlb,smoke')
+  config.num_seeds = 2
+  runs = runner.make_runs(seeds=[0, 1, 2], seed_fields=('seed', 'data.seed'))
+  calls = []
+
+  def fake_results(run_config, workdir):
+    os.makedirs(workdir, exist_ok=True)
+    test = {h: {'accuracy': 0.5, 'ece': 0.1, 'loss': 1.0} for h in ('fused', 'audio', 'video')}
+    return loop.write_results(workdir, run_config, 2, test, test)
+
+  def train(run_config, workdir):
+    calls.append(('one', os.path.basename(workdir)))
+    return fake_results(run_config, workdir)
+
+  def train_many(configs, workdirs):
+    calls.append(('many', [os.path.basename(w) for w in workdirs]))
+    assert [c.num_seeds for c in configs] == [1, 1]
+    return [fake_results(c, w) for c, w in zip(configs, workdirs)]
+
+  fake_results(runner.with_fields(config, {**runs[1].assignments, 'num_seeds': 1}),
+               str(tmp_path / 'mlb' / 'seed_1'))
+  seen = []
+  results = runner.run_variant(config, str(tmp_path), 'mlb', runs, train=train, train_many=train_many,
+                               on_result=lambda name, run, res, reused: seen.append((run.name, reused)))
+  assert calls == [('many', ['seed_0', 'seed_2'])]
+  assert sorted(seen) == [('seed_0', False), ('seed_1', True), ('seed_2', False)]
+  assert [r['config']['seed'] for r in results] == [0, 1, 2]
+  config.num_seeds = 1  # how runs execute is not part of the comparison with finished runs
+  runner.run_variant(config, str(tmp_path), 'mlb', runs, train=train, train_many=train_many)
+  assert len(calls) == 1
