@@ -186,7 +186,7 @@ def nonfinite_description(values: Mapping[str, float]) -> str | None:
   return '; '.join(parts + ([f'metrics {other}'] if other else []))
 
 
-def _check_finite(first_step: int, history: list[Mapping[str, float]], last_saved: int) -> None:
+def check_finite(first_step: int, history: list[Mapping[str, float]], last_saved: int) -> None:
   """Raises FloatingPointError naming the first step of `history` (steps first_step, first_step + 1, ...)
   with a non-finite value; steps the train step skipped (`skipped` = 1) are warned about instead."""
   for step, values in enumerate(history, first_step):
@@ -233,9 +233,38 @@ def _append_history(workdir: str, record: dict) -> None:
       f.write(json.dumps(record) + '\n')
 
 
-def _metric_writer(workdir: str):
+def metric_writer(workdir: str, config, *, fresh: bool):
+  """The CLU writer of `workdir` (only process 0 writes files); a `fresh` run
+  (step 0) also records `config` as TensorBoard hparams."""
   from clu import metric_writers  # imports TensorFlow: only where logs are written
-  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if fresh:
+    writer.write_hparams({k: str(v) for k, v in _flat(config.to_dict()).items()})
+  return writer
+
+
+def step_schedule(cfg, step: int) -> tuple[bool, bool, bool]:
+  """(log, evaluate, save) after train step `step`, from `config.train`: a log line every
+  `log_every`, validation every `eval_every`, `checkpoints/last` at every validation and
+  every `checkpoint_every_steps`; all three after the last step."""
+  last = step == cfg.num_steps
+  log = step % cfg.log_every == 0 or last
+  evaluate_now = step % cfg.eval_every == 0 or last
+  save = evaluate_now or (cfg.checkpoint_every_steps > 0 and step % cfg.checkpoint_every_steps == 0)
+  return log, evaluate_now, save
+
+
+def write_train_means(writer, workdir: str, step: int, means: Mapping[str, float]) -> None:
+  """A log window's means to TensorBoard (`train/<name>`) and metrics.jsonl."""
+  writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
+  _append_history(workdir, {'step': step, 'split': 'train', **means})
+
+
+def write_val(writer, workdir: str, step: int, val: Mapping[str, Mapping[str, float]]) -> None:
+  """Validation metrics ({head: {name: value}}) to TensorBoard (`val/<name>_<head>`) and metrics.jsonl."""
+  flat = {f'{k}_{h}': v for h, d in val.items() for k, v in d.items()}
+  writer.write_scalars(step, {f'val/{k}': v for k, v in flat.items()})
+  _append_history(workdir, {'step': step, 'split': 'val', **flat})
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -315,10 +344,8 @@ def _train(exp: Experiment, mesh, state: TrainState, data_iter, last_mngr, best_
   eval_step = _on_mesh(steps.make_eval_step(model=exp.model, mesh=mesh), mesh)
   encode_step = _on_mesh(steps.make_encode_step(model=exp.model, mesh=mesh), mesh)
   spe = common.steps_per_epoch(len(exp.dataset.splits['train']), config.data.batch_size)
-  writer = _metric_writer(workdir)
   start = saved = int(state.step)
-  if start == 0:
-    writer.write_hparams({k: str(v) for k, v in _flat(config.to_dict()).items()})
+  writer = metric_writer(workdir, config, fresh=start == 0)
 
   pending, checked, t0 = [], 0, time.time()  # metrics of the steps since the last log; how many were checked
   profile = runtime.ProfileWindow(config.profile_steps, os.path.join(workdir, PROFILE))
@@ -333,19 +360,16 @@ def _train(exp: Experiment, mesh, state: TrainState, data_iter, last_mngr, best_
       profile.after(step, step_metrics)
       pending.append(step_metrics)
       stop = watch.requested(step)
-      log = step % cfg.log_every == 0 or step == cfg.num_steps
-      evaluate_now = step % cfg.eval_every == 0 or step == cfg.num_steps
-      save = (evaluate_now or stop or
-              (cfg.checkpoint_every_steps > 0 and step % cfg.checkpoint_every_steps == 0))
+      log, evaluate_now, save = step_schedule(cfg, step)
+      save = save or stop
       if log or save:  # nothing non-finite is ever logged as a mean or saved
         pending = jax.device_get(pending)
-        _check_finite(step - len(pending) + 1 + checked, pending[checked:], saved)
+        check_finite(step - len(pending) + 1 + checked, pending[checked:], saved)
         checked = len(pending)
       if log:
         means = window_means(pending)
         means['steps_per_sec'] = len(pending) / max(time.time() - t0, 1e-9)
-        writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
-        _append_history(workdir, {'step': step, 'split': 'train', **means})
+        write_train_means(writer, workdir, step, means)
         logging.info('step %d/%d  loss %.4f  acc fused %.3f  %s', step, cfg.num_steps, means['loss'],
                      means[f'acc_{losses.FUSED}'],
                      '  '.join(f"k_{m} {means[f'scale_{m}']:.3f}" for m in exp.modalities
@@ -354,9 +378,7 @@ def _train(exp: Experiment, mesh, state: TrainState, data_iter, last_mngr, best_
       if evaluate_now:
         val, _, _ = evaluate(eval_step, state, exp.dataset.splits['val'],
                              batch_size=config.data.eval_batch_size, heads=heads, ece_bins=cfg.ece_bins)
-        writer.write_scalars(step, {f'val/{k}_{h}': v for h, d in val.items() for k, v in d.items()})
-        _append_history(workdir, {'step': step, 'split': 'val', **{f'{k}_{h}': v for h, d in val.items()
-                                                                     for k, v in d.items()}})
+        write_val(writer, workdir, step, val)
         if val[cfg.select_head]['accuracy'] > best['accuracy']:
           best = {'step': step, 'accuracy': val[cfg.select_head]['accuracy']}
           checkpointing.save(best_mngr, step, state, {'best': best, 'val': val})

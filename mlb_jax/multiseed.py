@@ -196,11 +196,8 @@ def _train(exps, workdirs, states, best, iters, lasts, bests) -> None:
   eval_step = steps.make_eval_step(model=exp0.model)
   encode_step = steps.make_encode_step(model=exp0.model)
   spe = common.steps_per_epoch(len(exp0.dataset.splits['train']), config.data.batch_size)
-  writers = [loop._metric_writer(w) for w in workdirs]
   start = saved = int(states[0].step)
-  if start == 0:
-    for e, writer in zip(exps, writers):
-      writer.write_hparams({k: str(v) for k, v in loop._flat(e.config.to_dict()).items()})
+  writers = [loop.metric_writer(w, e.config, fresh=start == 0) for e, w in zip(exps, workdirs)]
   logging.info('training %d seeds %s in one vmapped step%s', num, [e.config.seed for e in exps],
                f' over {mesh.devices.size} devices' if mesh is not None else '')
   state = place(stack(states), mesh)
@@ -221,14 +218,12 @@ def _train(exps, workdirs, states, best, iters, lasts, bests) -> None:
       state, step_metrics = train_step(state, batch)
       profile.after(step, step_metrics)
       pending.append(step_metrics)
-      log = step % cfg.log_every == 0 or step == cfg.num_steps
-      evaluate_now = step % cfg.eval_every == 0 or step == cfg.num_steps
-      save = evaluate_now or (cfg.checkpoint_every_steps > 0 and step % cfg.checkpoint_every_steps == 0)
+      log, evaluate_now, save = loop.step_schedule(cfg, step)
       if log or save:  # per replica, as loop._train: nothing non-finite is logged or saved
         pending = jax.device_get(pending)
         for s, w in enumerate(workdirs):
           try:
-            loop._check_finite(step - len(pending) + 1 + checked, _replica_history(pending[checked:], s), saved)
+            loop.check_finite(step - len(pending) + 1 + checked, _replica_history(pending[checked:], s), saved)
           except FloatingPointError as e:
             raise FloatingPointError(f"seed {exps[s].config.seed} ('{w}'): {e}") from None
         checked = len(pending)
@@ -237,8 +232,7 @@ def _train(exps, workdirs, states, best, iters, lasts, bests) -> None:
         for s, (w, writer) in enumerate(zip(workdirs, writers)):
           means = loop.window_means(_replica_history(pending, s))
           means['steps_per_sec'] = rate
-          writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
-          loop._append_history(w, {'step': step, 'split': 'train', **means})
+          loop.write_train_means(writer, w, step, means)
         logging.info('step %d/%d  loss per seed %s', step, cfg.num_steps,
                      [round(float(np.mean([m['loss'][s] for m in pending])), 4) for s in range(num)])
         pending, checked, t0 = [], 0, time.time()
@@ -247,9 +241,7 @@ def _train(exps, workdirs, states, best, iters, lasts, bests) -> None:
           replica = unstack(state, s)
           val, _, _ = loop.evaluate(eval_step, replica, e.dataset.splits['val'],
                                     batch_size=e.config.data.eval_batch_size, heads=heads, ece_bins=cfg.ece_bins)
-          writer.write_scalars(step, {f'val/{k}_{h}': v for h, d in val.items() for k, v in d.items()})
-          loop._append_history(w, {'step': step, 'split': 'val',
-                                   **{f'{k}_{h}': v for h, d in val.items() for k, v in d.items()}})
+          loop.write_val(writer, w, step, val)
           if val[cfg.select_head]['accuracy'] > best[s]['accuracy']:
             best[s] = {'step': step, 'accuracy': val[cfg.select_head]['accuracy']}
             checkpointing.save(bests[s], step, replica, {'best': best[s], 'val': val})
