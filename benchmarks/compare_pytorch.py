@@ -230,17 +230,14 @@ def our_config(method: str):
 
 def our_step(method: str, frame_size: int, batch: int):
   """(jitted train step, initial state) of our model for one frame size."""
-  from mlb_jax import balancing, losses, models, optim, steps
+  from mlb_jax import loop, steps
   from mlb_jax.train_state import create_train_state
   c = our_config(method)
   shapes = {'audio': AUDIO_SHAPE, 'video': (FRAMES, frame_size, frame_size, 3)}
-  model = models.build_model(c.model, MODALITIES, shapes, NUM_CLASSES)
-  method_ = balancing.make_method(c.method, MODALITIES, c.balancing)
-  tx = optim.make_optimizer(c.optimizer, optim.modality_labels, c.balancing.apply_to)
+  model, method_, tx, weights = loop.build_training(c, MODALITIES, shapes, NUM_CLASSES, 1)  # no epochs
   sample = {m: np.zeros((batch,) + shapes[m], np.float32) for m in MODALITIES}
   state = create_train_state(model, tx, method_, sample, jax.random.key(0))
-  step = steps.make_train_step(model=model, tx=tx, method=method_,
-                               loss_weights=losses.loss_weights(c.loss, MODALITIES), donate=False)
+  step = steps.make_train_step(model=model, tx=tx, method=method_, loss_weights=weights, donate=False)
   return step, state
 
 

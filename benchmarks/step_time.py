@@ -93,22 +93,20 @@ def prepare_cremad(method, batch_size, frame_size, dtype):
   """The CREMA-D ResNet-18 step on random CREMA-D-shaped batches (two, alternated)."""
   import numpy as np
   from configs import cremad_mlb
-  from mlb_jax import balancing, losses, models, optim, steps
+  from mlb_jax import loop, steps
   from mlb_jax.train_state import create_train_state
   config = cremad_mlb.get_config(f'method={method}')
   config.dtype = dtype
   shapes = {'audio': tuple(config.data.audio_shape), 'video': (config.data.video_shape[0], frame_size, frame_size, 3)}
-  model = models.build_model(config.model, CREMAD_MODALITIES, shapes, CREMAD_CLASSES, dtype=config.dtype)
-  method_ = balancing.make_method(config.method, CREMAD_MODALITIES, config.balancing)
-  tx = optim.make_optimizer(config.optimizer, optim.modality_labels, config.balancing.apply_to)
+  # Random batches: no epochs are simulated (steps_per_epoch 1 only places epoch-based windows).
+  model, method_, tx, weights = loop.build_training(config, CREMAD_MODALITIES, shapes, CREMAD_CLASSES, 1)
   rng = np.random.default_rng(0)
   batches = [jax.device_put({**{m: rng.standard_normal((batch_size,) + shapes[m], dtype=np.float32)
                                 for m in CREMAD_MODALITIES},
                              'label': rng.integers(0, CREMAD_CLASSES, batch_size).astype(np.int32)})
              for _ in range(2)]
   state = create_train_state(model, tx, method_, batches[0], jax.random.key(config.seed))
-  step = steps.make_train_step(model=model, tx=tx, method=method_,
-                               loss_weights=losses.loss_weights(config.loss, CREMAD_MODALITIES))
+  step = steps.make_train_step(model=model, tx=tx, method=method_, loss_weights=weights)
   start = time.perf_counter()
   state, metrics = step(state, batches[0])
   jax.block_until_ready(metrics)

@@ -91,23 +91,32 @@ def build(config) -> Experiment:
   if config.train.select_head not in (losses.FUSED, *modalities):
     raise ValueError(f"train.select_head '{config.train.select_head}' is not a head; expected one of "
                      f'{[losses.FUSED, *modalities]}')
-  model = models.build_model(config.model, modalities, dataset.sample_shapes, dataset.num_classes,
-                             dtype=config.dtype)
-  ctx = balancing.MethodContext(
-      steps_per_epoch=common.steps_per_epoch(len(dataset.splits['train']), config.data.batch_size),
-      num_classes=dataset.num_classes, feature_dims=feature_dims(model, dataset, modalities),
-      fusion=config.model.fusion)
+  model, method, tx, weights = build_training(
+      config, modalities, dataset.sample_shapes, dataset.num_classes,
+      common.steps_per_epoch(len(dataset.splits['train']), config.data.batch_size))
+  return Experiment(config, dataset, modalities, model, method, tx, weights)
+
+
+def build_training(config, modalities, sample_shapes, num_classes: int, steps_per_epoch: int):
+  """(model, method, optimizer, loss weights) of `config` for data of these shapes.
+
+  The part of `build` that needs no dataset: benchmarks on random batches use it
+  to get exactly the step a run of `config` takes.
+  """
+  model = models.build_model(config.model, modalities, sample_shapes, num_classes, dtype=config.dtype)
+  ctx = balancing.MethodContext(steps_per_epoch=steps_per_epoch, num_classes=num_classes,
+                                feature_dims=feature_dims(model, sample_shapes, modalities),
+                                fusion=config.model.fusion)
   method = balancing.make_method(config.method, modalities, config.balancing, ctx)
   labels = functools.partial(optim.modality_labels, heads_scaled=not method.detach_unimodal,
                              kernels_only=method.scale_kernels_only)
   tx = optim.make_optimizer(config.optimizer, labels, config.balancing.apply_to)
-  weights = losses.loss_weights(config.loss, modalities)
-  return Experiment(config, dataset, modalities, model, method, tx, weights)
+  return model, method, tx, losses.loss_weights(config.loss, modalities)
 
 
-def feature_dims(model, dataset: common.Dataset, modalities) -> dict[str, int]:
+def feature_dims(model, sample_shapes, modalities) -> dict[str, int]:
   """{modality: D}, the encoders' output widths (shape inference only, no compute)."""
-  sample = {m: jax.ShapeDtypeStruct((1, *dataset.sample_shapes[m]), np.float32) for m in modalities}
+  sample = {m: jax.ShapeDtypeStruct((1, *sample_shapes[m]), np.float32) for m in modalities}
   (features, _) = jax.eval_shape(
       lambda b: model.init_with_output({'params': jax.random.key(0)}, b, train=False, method='encode'), sample)
   return {m: int(f.shape[-1]) for m, f in features.items()}
