@@ -3,7 +3,7 @@
   python benchmarks/step_time.py [--config=configs/synthetic.py] [--steps=200] [--rounds=5] [--json]
   python benchmarks/step_time.py --model=cremad_resnet18 --methods=joint,mlb --batch_sizes=8,32 \
       [--frame_size=224] [--dtypes=float32,bfloat16] --steps=2 --rounds=3 [--malloc_reuse] [--json]
-  python benchmarks/step_time.py --seeds=4 --methods=mlb [--cpu_devices=2] [--steps=50] [--json]
+  python benchmarks/step_time.py --seeds=4 --methods=mlb [--cpu_devices=2] [--steps=50] [--whole_runs=2] [--json]
   python benchmarks/step_time.py --seeds=4 --methods=mlb --steps=20 --model=cremad_resnet18 \
       --dtypes=float32,bfloat16 --batch_sizes=8 --frame_size=64 --resnet_steps=1 --rounds=3   # both, one run
 
@@ -15,7 +15,11 @@ medians, the ratio vmapped / sequential and the compile time of each step.
 `--cpu_devices=N` splits the CPU into N JAX devices first (as JAX_NUM_CPU_DEVICES
 does): the vmapped step then spreads its seeds over them, the sequential runs
 keep one. `--compilation_cache_dir` enables the persistent compilation cache
-(run twice: the second run's compile times are cache loads).
+(run twice: the second run's compile times are cache loads). `--whole_runs=N`
+then times N rounds of whole trainings as a user runs them: one `run.py`
+process with `num_seeds=S` against S single `run.py` processes one after
+another (import, data, compile, training, validation, checkpoints, test),
+wall clock, with the --config and its --config.* overrides.
 
 `--model=cremad_resnet18` times the paper's CREMA-D model (configs/cremad_mlb.py:
 two ResNet-18, Late-Linear, Adam, the method's released settings) on random
@@ -60,6 +64,8 @@ _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['8', '32'], 'cremad_resnet18: b
 _FRAME_SIZE = flags.DEFINE_integer('frame_size', 224, 'cremad_resnet18: frame height and width.')
 _DTYPES = flags.DEFINE_list('dtypes', ['float32'], 'cremad_resnet18: config.dtype values (bfloat16 for GPUs).')
 _SEEDS = flags.DEFINE_integer('seeds', 0, 'S > 1: time S seeds vmapped vs one after another (see above).')
+_WHOLE_RUNS = flags.DEFINE_integer('whole_runs', 0, 'With --seeds=S: also time N rounds of whole `run.py` trainings '
+                                   '(one S-seed run vs S single runs, one process each).')
 _CPU_DEVICES = flags.DEFINE_integer('cpu_devices', 0, 'N > 0: split the CPU into N JAX devices first.')
 _RESNET_STEPS = flags.DEFINE_integer('resnet_steps', 0, 'cremad_resnet18: steps per round (0: --steps).')
 _CACHE = flags.DEFINE_string('compilation_cache_dir', '', 'Persistent compilation cache directory ("" off).')
@@ -210,6 +216,55 @@ def main_seeds(config, method, num_seeds):
                       'round_ratios': ratios, 'load_average': os.getloadavg()[0]}))
 
 
+def main_whole_runs(method, num_seeds, rounds):
+  """Whole trainings as a user runs them, one `run.py` process each, wall-clock.
+
+  Per round: one run with `num_seeds=S` (seeds 0..S-1 in one vmapped step) and
+  S single runs (seeds 0..S-1, one after another), in turn; each process
+  imports, compiles, loads its data, trains `train.num_steps` steps with its
+  validations and checkpoints, and tests. Throughput: S x steps x batch / wall
+  seconds. The --config file and every --config.* override pass through.
+  """
+  import subprocess
+  import tempfile
+  config = _CONFIG.value
+  config_file = flags.FLAGS['config'].config_filename
+  overrides = [a for a in sys.argv[1:] if a.startswith('--config.')]
+  root = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+
+  def run(workdir, *extra):
+    cmd = [sys.executable, 'run.py', f'--config={config_file}', f'--config.method={method}', *overrides, *extra,
+           f'--workdir={workdir}']
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if done.returncode:
+      raise SystemExit(f'{" ".join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}')
+    return time.perf_counter() - start
+
+  walls = {'vmapped': [], 'sequential': []}
+  with tempfile.TemporaryDirectory() as tmp:
+    for r in range(rounds):
+      walls['vmapped'].append(run(f'{tmp}/v{r}', f'--config.num_seeds={num_seeds}'))
+      walls['sequential'].append(sum(run(f'{tmp}/s{r}_{s}', f'--config.seed={s}') for s in range(num_seeds)))
+  samples = num_seeds * config.train.num_steps * config.data.batch_size
+  rows = {k: {'wall_s': statistics.median(v), 'samples_per_s': samples / statistics.median(v), 'round_wall_s': v}
+          for k, v in walls.items()}
+  ratios = [s / v for s, v in zip(walls['sequential'], walls['vmapped'])]
+  print(f'whole runs: {config.data.name}, method {method}, {num_seeds} seeds x {config.train.num_steps} steps x '
+        f'batch {config.data.batch_size}; {rounds} round(s); load average {os.getloadavg()[0]:.1f}')
+  print(f"  1 run, num_seeds={num_seeds}: {rows['vmapped']['wall_s']:7.1f} s  "
+        f"{rows['vmapped']['samples_per_s']:8.1f} samples/s")
+  print(f"  {num_seeds} single runs:     {rows['sequential']['wall_s']:7.1f} s  "
+        f"{rows['sequential']['samples_per_s']:8.1f} samples/s")
+  print(f'  vmapped / sequential throughput: x{statistics.median(ratios):.2f} '
+        f'(rounds {", ".join(f"{x:.2f}" for x in ratios)})')
+  if _JSON.value:
+    print(json.dumps({'whole_runs': True, 'config': config.data.name, 'method': method, 'seeds': num_seeds,
+                      'steps': config.train.num_steps, 'batch_size': config.data.batch_size, 'rows': rows,
+                      'ratio_vmapped_to_sequential': statistics.median(ratios), 'round_ratios': ratios,
+                      'load_average': os.getloadavg()[0]}))
+
+
 def time_round(bench, n):
   state, step, batches = bench['state'], bench['step'], bench['batches']
   start = time.perf_counter()
@@ -231,6 +286,8 @@ def main(argv):
   runtime.use_compilation_cache(_CACHE.value)
   if _SEEDS.value > 1:
     main_seeds(_CONFIG.value, _METHODS.value[0], _SEEDS.value)
+    if _WHOLE_RUNS.value:
+      main_whole_runs(_METHODS.value[0], _SEEDS.value, _WHOLE_RUNS.value)
   if _MODEL.value == 'cremad_resnet18':
     main_cremad()
     return

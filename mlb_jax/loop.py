@@ -20,6 +20,7 @@ import data_pipelines
 from data_pipelines import common
 from mlb_jax import (balancing, checkpointing, distributed, losses, metrics, models, optim, runtime, sharding,
                      steps)
+from mlb_jax import train_state as train_state_lib
 from mlb_jax.train_state import TrainState, create_train_state, parameter_count
 
 RESULTS = 'results.json'
@@ -47,6 +48,7 @@ class Experiment(NamedTuple):
   method: balancing.Method
   tx: Any
   loss_weights: dict[str, float]
+  init: Any = None   # train_state.make_init(model, tx, method): compiled once, used by `initial_state`
 
 
 def check_workdir(workdir: str) -> str:
@@ -72,11 +74,13 @@ def resolve_modalities(config, dataset: common.Dataset) -> tuple[str, ...]:
   return wanted
 
 
-def build(config) -> Experiment:
+def build(config, *, dataset: common.Dataset | None = None) -> Experiment:
   """Validates `config` and builds dataset, model, method and optimizer.
 
   Every name in the config (method, pipeline, modality, encoder, fusion,
   optimizer, schedule, score, apply_to) is checked here, before training.
+  `dataset`: the already loaded dataset of `config.data` (e.g. shared by seeds
+  that draw the same data), instead of loading it again.
   """
   if config.method not in balancing.METHODS:
     raise ValueError(f"unknown method '{config.method}'; expected one of {sorted(balancing.METHODS)}")
@@ -86,7 +90,7 @@ def build(config) -> Experiment:
   if config.num_seeds < 1:
     raise ValueError(f'num_seeds must be >= 1, got {config.num_seeds}')
   runtime.parse_profile_steps(config.profile_steps)
-  dataset = data_pipelines.load(config.data)
+  dataset = dataset or data_pipelines.load(config.data)
   modalities = resolve_modalities(config, dataset)
   if config.train.select_head not in (losses.FUSED, *modalities):
     raise ValueError(f"train.select_head '{config.train.select_head}' is not a head; expected one of "
@@ -94,7 +98,8 @@ def build(config) -> Experiment:
   model, method, tx, weights = build_training(
       config, modalities, dataset.sample_shapes, dataset.num_classes,
       common.steps_per_epoch(len(dataset.splits['train']), config.data.batch_size))
-  return Experiment(config, dataset, modalities, model, method, tx, weights)
+  return Experiment(config, dataset, modalities, model, method, tx, weights,
+                    init=train_state_lib.make_init(model, tx, method))
 
 
 def build_training(config, modalities, sample_shapes, num_classes: int, steps_per_epoch: int):
@@ -164,7 +169,8 @@ def epoch_inputs(exp: Experiment, state: TrainState, epoch: int, eval_step, enco
 def initial_state(exp: Experiment) -> TrainState:
   sample = exp.dataset.splits['train'][0]
   batch = {m: np.asarray(sample[m])[None] for m in exp.modalities}
-  return create_train_state(exp.model, exp.tx, exp.method, batch, jax.random.key(exp.config.seed))
+  return create_train_state(exp.model, exp.tx, exp.method, batch, jax.random.key(exp.config.seed),
+                            init=exp.init)
 
 
 def evaluate(eval_step, state: TrainState, source, *, batch_size: int, heads, ece_bins: int):
@@ -405,7 +411,7 @@ def _train(exp: Experiment, mesh, state: TrainState, data_iter, last_mngr, best_
 
 
 def evaluate_checkpoint(config, workdir: str, *, exp: Experiment | None = None, split: str = 'test',
-                        checkpoint_dir: str | None = None, mesh=None) -> dict:
+                        checkpoint_dir: str | None = None, mesh=None, eval_step=None) -> dict:
   """Restores the best checkpoint of `workdir` (best `train.select_head` validation
   accuracy), evaluates val and `split`, and rewrites `results_name(split)` in `workdir`.
 
@@ -419,6 +425,8 @@ def evaluate_checkpoint(config, workdir: str, *, exp: Experiment | None = None, 
       numbered steps, e.g. copied from another machine.
     mesh: the devices to evaluate on (default: all); any count works, whatever
       the checkpoint was trained on.
+    eval_step: `steps.make_eval_step(model=exp.model, mesh=mesh)` to reuse
+      (evaluations of several checkpoints of one model then compile it once).
   """
   if split not in SPLITS:
     raise ValueError(f"unknown split '{split}'; expected one of {list(SPLITS)}")
@@ -438,7 +446,7 @@ def evaluate_checkpoint(config, workdir: str, *, exp: Experiment | None = None, 
     state, _, step = checkpointing.restore_latest(mngr, sharding.replicate(initial_state(exp), mesh))
   finally:
     mngr.close()
-  eval_step = _on_mesh(steps.make_eval_step(model=exp.model, mesh=mesh), mesh)
+  eval_step = _on_mesh(eval_step or steps.make_eval_step(model=exp.model, mesh=mesh), mesh)
   heads = (losses.FUSED, *exp.modalities)
   kwargs = dict(batch_size=config.data.eval_batch_size, heads=heads, ece_bins=config.train.ece_bins)
   val, logits, labels = evaluate(eval_step, state, exp.dataset.splits['val'], **kwargs)

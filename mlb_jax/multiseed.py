@@ -39,7 +39,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from data_pipelines import common
-from mlb_jax import checkpointing, loop, losses, runtime, steps
+from mlb_jax import checkpointing, compile_options, loop, losses, runtime, sharding, steps
 from mlb_jax.train_state import TrainState
 
 SEED = 'seed'  # the mesh axis replicas are split on
@@ -119,7 +119,7 @@ def make_multi_train_step(*, model, tx, method, loss_weights, skip_nonfinite: bo
                                   loss_weights=dict(loss_weights), skip_nonfinite=skip_nonfinite))
   if mesh is not None:
     fn = jax.shard_map(fn, mesh=mesh, in_specs=P(SEED), out_specs=P(SEED))
-  return jax.jit(fn, donate_argnums=(0,) if donate else ())
+  return jax.jit(fn, donate_argnums=(0,) if donate else (), compiler_options=compile_options.jit_options())
 
 
 def train_and_evaluate_seeds(config, workdir: str) -> list[dict]:
@@ -151,8 +151,12 @@ def train_and_evaluate_many(configs: Sequence[ml_collections.ConfigDict], workdi
   if bad:
     raise ValueError(f'each replica config is a single run (num_seeds=1), got num_seeds {bad}')
   workdirs = [loop.check_workdir(w) for w in workdirs]
-  exps = [loop.build(c) for c in configs]
+  exps = []
+  for c in configs:  # seeds that draw the same data share one copy of it
+    same = next((e.dataset for e in exps if e.config.data == c.data), None)
+    exps.append(loop.build(c, dataset=same))
   check_replicas(exps)
+  exps = [e._replace(init=exps[0].init) for e in exps]  # one compiled initialiser for all
   for w in workdirs:
     os.makedirs(w, exist_ok=True)
   iters = [common.train_batches(e.dataset.splits['train'], batch_size=e.config.data.batch_size,
@@ -181,7 +185,10 @@ def train_and_evaluate_many(configs: Sequence[ml_collections.ConfigDict], workdi
       m.close()
   if states is None:
     return [loop.train_and_evaluate(c, w) for c, w in zip(configs, workdirs)]
-  return [loop.evaluate_checkpoint(e.config, w, exp=e) for e, w in zip(exps, workdirs)]
+  mesh = sharding.make_mesh()
+  eval_step = steps.make_eval_step(model=exps[0].model, mesh=mesh)  # compiled once for all seeds
+  return [loop.evaluate_checkpoint(e.config, w, exp=e, mesh=mesh, eval_step=eval_step)
+          for e, w in zip(exps, workdirs)]
 
 
 def _train(exps, workdirs, states, best, iters, lasts, bests) -> None:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mlb_jax import sharding
+from mlb_jax import compile_options, sharding
 from mlb_jax.balancing import ForwardContext, Method, StepInputs
 from mlb_jax.losses import multi_loss
 from mlb_jax.train_state import TrainState
@@ -147,15 +147,18 @@ def make_train_step(*, model, tx, method: Method, loss_weights, donate: bool = T
   """
   fn = functools.partial(train_step, model=model, tx=tx, method=method,
                          loss_weights=dict(loss_weights), skip_nonfinite=skip_nonfinite)
-  return jax.jit(fn, donate_argnums=(0,) if donate else (), **_shardings(mesh))
+  return jax.jit(fn, donate_argnums=(0,) if donate else (), compiler_options=compile_options.jit_options(),
+                 **_shardings(mesh))
 
 
 def make_eval_step(*, model, mesh=None):
   """`eval_step` jitted; with a `mesh`, the batch split over it and the logits replicated."""
-  return jax.jit(functools.partial(eval_step, model=model), **_shardings(mesh))
+  return jax.jit(functools.partial(eval_step, model=model), compiler_options=compile_options.jit_options(),
+                 **_shardings(mesh))
 
 
 def make_encode_step(*, model, mesh=None):
-  return jax.jit(functools.partial(encode_step, model=model), **_shardings(mesh))
+  return jax.jit(functools.partial(encode_step, model=model), compiler_options=compile_options.jit_options(),
+                 **_shardings(mesh))
 
 

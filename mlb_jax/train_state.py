@@ -30,8 +30,34 @@ class TrainState:
   rng: jax.Array
 
 
+def make_init(model, tx: optax.GradientTransformation, method: Method):
+  """The jitted `(sample_batch, rng) -> TrainState` of this model, optimizer and method.
+
+  One function per (model, tx, method): every call with batches of the same
+  shapes reuses its compilation (a run initialises twice: to train and to
+  restore for evaluation; a group of seeds once per seed). See
+  `create_train_state` for the arguments.
+  """
+  modalities = tuple(model.modalities)
+
+  @jax.jit
+  def init(sample_batch, rng):
+    init_rng, train_rng = jax.random.split(rng)
+    variables = model.init({'params': init_rng, 'dropout': init_rng}, sample_batch, train=False)
+    params = variables['params']
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get('batch_stats', {}),
+        opt_state=tx.init(params),
+        balance_state=method.init_state(modalities),
+        rng=train_rng)
+
+  return init
+
+
 def create_train_state(model, tx: optax.GradientTransformation, method: Method,
-                       sample_batch: Mapping[str, Any], rng: jax.Array) -> TrainState:
+                       sample_batch: Mapping[str, Any], rng: jax.Array, *, init=None) -> TrainState:
   """Initialises parameters (from `rng`) on `sample_batch` and the optimizer.
 
   Args:
@@ -40,22 +66,10 @@ def create_train_state(model, tx: optax.GradientTransformation, method: Method,
     method: the training method (its `init_state`).
     sample_batch: {modality: [B, ...]} used only for shapes.
     rng: PRNG key; split into init and training keys.
+    init: `make_init(model, tx, method)`, to reuse its compilation (default: a new one).
   """
-  init_rng, train_rng = jax.random.split(rng)
-
-  @jax.jit
-  def init(batch):
-    variables = model.init({'params': init_rng, 'dropout': init_rng}, batch, train=False)
-    return variables['params'], variables.get('batch_stats', {})
-
-  params, batch_stats = init({m: jnp.asarray(sample_batch[m]) for m in model.modalities})
-  return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      batch_stats=batch_stats,
-      opt_state=tx.init(params),
-      balance_state=method.init_state(tuple(model.modalities)),
-      rng=train_rng)
+  init = init or make_init(model, tx, method)
+  return init({m: jnp.asarray(sample_batch[m]) for m in model.modalities}, rng)
 
 
 def parameter_count(params) -> int:

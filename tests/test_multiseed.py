@@ -134,3 +134,19 @@ def test_runner_trains_unfinished_runs_num_seeds_at_a_time(tmp_path):
   config.num_seeds = 1  # how runs execute is not part of the comparison with finished runs
   runner.run_variant(config, str(tmp_path), 'mlb', runs, train=train, train_many=train_many)
   assert len(calls) == 1
+
+
+def test_seeds_drawing_the_same_data_load_it_once(tmp_path, monkeypatch):
+  """A group loads each distinct `config.data` once (seeds that differ only in `seed` share it)."""
+  loads = []
+  real_load = loop.data_pipelines.load
+  monkeypatch.setattr(loop.data_pipelines, 'load', lambda cfg: loads.append(cfg.seed) or real_load(cfg))
+  configs = [synthetic.get_config('method=mlb,smoke') for _ in range(3)]
+  for s, c in enumerate(configs):
+    c.seed = s
+  configs[2].data.seed = 7          # the third seed draws other data
+  results = multiseed.train_and_evaluate_many(configs, [str(tmp_path / f's{s}') for s in range(3)])
+  assert sorted(loads) == [0, 7]
+  assert [r['config']['seed'] for r in results] == [0, 1, 2]
+  for s in range(3):
+    assert os.path.exists(tmp_path / f's{s}' / 'results.json')

@@ -168,26 +168,11 @@ def test_stem_gradient_under_jit_matches_plain_autodiff():
   np.testing.assert_allclose(jax.jit(jax.grad(ours))(w), jax.grad(plain)(w), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('c_in', [16, 3])   # per-offset products; row-grouped thin products
-@pytest.mark.parametrize('kernel,stride,padding,size', [
-    (3, 1, 1, (9, 7)), (3, 2, 1, (9, 8)), (4, 2, 0, (9, 6)), (3, 3, 0, (10, 9)), (7, 2, 3, (11, 10)),
-    (1, 2, 0, (5, 5))])
-def test_conv_weight_grad_matches_autodiff(kernel, stride, padding, size, c_in):
-  rng = np.random.default_rng(kernel * 10 + stride)
-  x = jnp.asarray(rng.standard_normal((2, *size, c_in)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((kernel, kernel, c_in, 8)), jnp.float32)
-  y = resnet._conv(x, w, stride, padding)
-  g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-  ref = jax.vjp(lambda w: resnet._conv(x, w, stride, padding), w)[1](g)[0]
-  ours = jax.jit(resnet.conv_weight_grad, static_argnums=(2, 3, 4))(x, g, w.shape, stride, padding)
-  np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
-
-
 @pytest.mark.parametrize('kernel,stride,padding,c_in', [
     (1, 2, 0, 16),    # strided slice + matrix product
-    (3, 2, 1, 16),    # conv_mm, strided
-    (3, 1, 1, 16),    # conv_mm, stride 1
-    (7, 2, 3, 3)])    # the stem: conv_mm with row-grouped thin products
+    (1, 1, 0, 16),
+    (3, 2, 1, 16),    # im2col (small map on CPU)
+    (7, 2, 3, 3)])    # XLA's convolution (the 3-channel stem)
 def test_conv2d_gradients_match_plain_convolution(kernel, stride, padding, c_in):
   rng = np.random.default_rng(kernel + c_in)
   x = jnp.asarray(rng.standard_normal((2, 10, 9, c_in)), jnp.float32)
@@ -228,15 +213,14 @@ def test_batch_norm_matches_plain_autodiff(relu, with_residual):
 
 
 @pytest.mark.parametrize('kernel,stride,padding', [(3, 1, 1), (3, 2, 1), (7, 2, 3), (2, 2, 0)])
-@pytest.mark.parametrize('conv', ['conv_im2col', 'conv_mm'])
-def test_conv_formulations_match_plain_convolution(conv, kernel, stride, padding):
-  """Both k x k formulations `conv2d` picks from (by map size), value and both gradients."""
+def test_im2col_matches_plain_convolution(kernel, stride, padding):
+  """`conv_im2col` (small maps on CPU): value and both gradients."""
   rng = np.random.default_rng(kernel + stride)
   x = jnp.asarray(rng.standard_normal((2, 9, 8, 16)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((kernel, kernel, 16, 8)), jnp.float32)
   t = jnp.asarray(rng.standard_normal(resnet._conv(x, w, stride, padding).shape), jnp.float32)
   loss = lambda conv: lambda x, w: jnp.sum(conv(x, w, stride, padding) * t)
-  ours = jax.jit(jax.value_and_grad(loss(getattr(resnet, conv)), argnums=(0, 1)))(x, w)
+  ours = jax.jit(jax.value_and_grad(loss(resnet.conv_im2col), argnums=(0, 1)))(x, w)
   ref = jax.value_and_grad(loss(resnet._conv), argnums=(0, 1))(x, w)
   assert_trees_all_close(ours, ref, rtol=1e-5, atol=1e-4)
 
@@ -245,7 +229,10 @@ def test_conv2d_picks_im2col_only_for_small_maps_on_cpu():
   if jax.default_backend() != 'cpu':
     assert not resnet._use_im2col((24, 4, 4, 512), 3, 512, 1, 1)
     return
-  assert resnet._use_im2col((24, 4, 4, 512), 3, 512, 1, 1)        # layer4, 112 px frames
-  assert resnet._use_im2col((8, 17, 12, 256), 3, 256, 2, 1)       # audio layer4 entry
-  assert not resnet._use_im2col((24, 28, 28, 64), 3, 64, 1, 1)    # layer1
-  assert not resnet._use_im2col((24, 112, 112, 3), 7, 3, 2, 3)    # the stem
+  assert resnet._use_im2col((96, 2, 2, 512), 3, 512, 1, 1)        # 2 x 2 outputs, any batch
+  assert resnet._use_im2col((96, 4, 4, 256), 3, 512, 2, 1)        # strided down to 2 x 2
+  assert resnet._use_im2col((8, 9, 6, 512), 3, 512, 1, 1)         # audio layer4: 432 rows
+  assert not resnet._use_im2col((24, 7, 7, 512), 3, 512, 1, 1)    # layer4 at 224 px: 1176 rows
+  assert not resnet._use_im2col((96, 3, 3, 512), 3, 512, 1, 1)    # 3 x 3 outputs, 864 rows
+  assert not resnet._use_im2col((24, 56, 56, 64), 3, 64, 1, 1)    # layer1
+  assert not resnet._use_im2col((24, 224, 224, 3), 7, 3, 2, 3)    # the stem (3 channels)

@@ -19,31 +19,27 @@ Initialisation (the authors' backbone): conv weights kaiming-normal with fan_out
 and ReLU gain, std = sqrt(2 / (C_out k^2)); BatchNorm scale ~ N(1, 0.02) and
 bias 0; BN momentum 0.1 in torch terms (0.9 here) and eps 1e-5.
 
-Speed. On CPU, XLA's gradients of three pieces are slow: the max-pool gradient
-(select-and-scatter plus index bookkeeping), the weight gradients of
-convolutions (XLA lowers them to convolutions whose kernel is the whole
-gradient map), and batch norm followed by ReLU (autodiff keeps the
-normalised pre-activation alive). Each has an exact reformulation with a custom
-VJP, tested against `jax.grad` of the plain operation:
+Speed. On CPU, XLA's gradients of two pieces are slow: the max-pool gradient
+(select-and-scatter plus index bookkeeping) and batch norm followed by ReLU
+(autodiff keeps the normalised pre-activation alive). Each has an exact
+reformulation with a custom VJP, tested against `jax.grad` of the plain
+operation:
 
   * `max_pool_3x3_s2`: the forward pass records the index of each window's
     first maximum (int8); the backward pass routes the gradient with dense
     masks (the tie rule of XLA's and torch's kernels);
-  * `conv_mm`: the kernel gradient as matrix products of contiguous windows of
-    the input's stride phases (`conv_weight_grad`), one offset at a time;
-    1x1 convolutions are a strided slice and a matrix product;
   * `batch_norm_train`: batch norm, residual add and ReLU as one op that saves
     only its input and output, with a two-pass backward.
 
-On small maps with many channels (layer3/layer4 at CREMA-D sizes) XLA's CPU
-convolution, input gradient included, is slower than one matrix product over
-explicit patches: there `conv2d` uses `conv_im2col` (plain autodiff), on the
-CPU backend only (`_use_im2col`; other backends keep the convolution).
-
-They are ordinary XLA programs, so they run unchanged on GPU. The
-per-step scratch buffer that XLA's CPU runtime allocates afresh (and
-page-faults in) every step is a process-level matter: see
-`mlb_jax/cpu_malloc.py` (opt-in).
+1x1 convolutions are a strided slice and a matrix product; on CPU, k x k
+convolutions on small maps (layer3/layer4 at small frame sizes) are one matrix
+product over explicit patches (`conv_im2col`, see `conv2d`); the other k x k
+convolutions and their gradients are XLA's own. On CPU they are fast when
+compiled with `mlb_jax.compile_options.jit_options()` (XLA's Eigen
+convolutions rather than YNNPACK's; the library's steps do this). They are
+ordinary XLA programs, so they run unchanged on GPU. The per-step scratch
+buffer that XLA's CPU runtime allocates afresh (and page-faults in) every step
+is a process-level matter: see `mlb_jax/cpu_malloc.py` (opt-in).
 """
 
 import functools
@@ -77,95 +73,6 @@ def _conv(x, w, stride: int, padding: int):
                                   dimension_numbers=_DIMS)
 
 
-def _phases(x, kernel: int, stride: int, padding: int, out_hw):
-  """The padded input split into its stride x stride phases.
-
-  Returns [s, s, N, hq, wq, C] with phases[a, b] = xpad[:, a::s, b::s], where
-  the view of kernel offset (i, j) is phases[i % s, j % s][:, i//s : i//s + Ho,
-  j//s : j//s + Wo] (a contiguous window), and the number q of window shifts
-  per axis.
-  """
-  n, _, _, c = x.shape
-  ho, wo = out_hw
-  s = stride
-  q = -(-kernel // s)
-  hq, wq = ho + q - 1, wo + q - 1
-  # lax.pad crops where the high padding is negative (rows no view reads).
-  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (padding, s * hq - x.shape[1] - padding, 0),
-                                           (padding, s * wq - x.shape[2] - padding, 0), (0, 0, 0)))
-  return xp.reshape(n, hq, s, wq, s, c).transpose(2, 4, 0, 1, 3, 5), q
-
-
-def conv_weight_grad(x, g, kernel_shape, stride: int, padding: int):
-  """dL/dW of `_conv(x, W, stride, padding)` given g = dL/dy, as matrix products.
-
-  dW[i, j] = sum_{n,h,w} xpad[n, s*h + i, s*w + j, :]^T g[n, h, w, :]. The views
-  come from the stride phases of the input (`_phases`), so each is a contiguous
-  window, and they are taken in a `lax.map` so few are alive at once:
-
-  * C_in >= 16: one [C_in, N Ho Wo] x [N Ho Wo, C_out] product per offset (i, j);
-  * thinner inputs (the 1- and 3-channel stems): per window row shift, the
-    channel-major views of all phases and column shifts are stacked into one
-    [q s^2 C_in, N Ho Wo] operand, so the products stay thick and g is read q
-    times rather than k^2 times.
-
-  Args:
-    x: input [N, H, W, C_in].
-    g: output cotangent [N, Ho, Wo, C_out].
-    kernel_shape: (k, k, C_in, C_out).
-    stride, padding: of the forward convolution.
-
-  Returns:
-    [k, k, C_in, C_out] float32.
-  """
-  k, _, c_in, c_out = kernel_shape
-  n, ho, wo, _ = g.shape
-  s = stride
-  phases, q = _phases(x, k, s, padding, (ho, wo))
-  g2 = g.reshape(-1, c_out)
-  if c_in >= 16:
-    flat = phases.reshape((s * s,) + phases.shape[2:])
-
-    def offset_grad(index):
-      i, j = index // k, index % k
-      view = lax.dynamic_slice(flat, ((i % s) * s + j % s, 0, i // s, j // s, 0), (1, n, ho, wo, c_in))
-      return jnp.dot(view.reshape(-1, c_in).T, g2, preferred_element_type=jnp.float32)
-
-    return lax.map(offset_grad, jnp.arange(k * k)).reshape(kernel_shape)
-
-  channel_major = phases.transpose(0, 1, 5, 2, 3, 4).reshape((s * s * c_in,) + phases.shape[2:5])
-
-  def row_grad(a):
-    views = [lax.dynamic_slice(channel_major, (0, 0, a, b), (s * s * c_in, n, ho, wo)).reshape(s * s * c_in, -1)
-             for b in range(q)]
-    return jnp.dot(jnp.concatenate(views, 0), g2, preferred_element_type=jnp.float32)
-
-  rows = lax.map(row_grad, jnp.arange(q))          # [a, (b, phase_i, phase_j, c), C_out]
-  rows = rows.reshape(q, q, s, s, c_in, c_out).transpose(0, 2, 1, 3, 4, 5).reshape(q * s, q * s, c_in, c_out)
-  return rows[:k, :k]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_mm(x, w, stride: int, padding: int):
-  """2-D convolution (NHWC x HWIO, square kernel) whose weight gradient is
-  `conv_weight_grad`; the input gradient is XLA's own."""
-  return _conv(x, w, stride, padding)
-
-
-def _conv_mm_fwd(x, w, stride, padding):
-  return _conv(x, w, stride, padding), (x, w)
-
-
-def _conv_mm_bwd(stride, padding, res, g):
-  x, w = res
-  _, input_vjp = jax.vjp(lambda x_: _conv(x_, w, stride, padding), x)
-  (dx,) = input_vjp(g)
-  return dx, conv_weight_grad(x, g, w.shape, stride, padding).astype(w.dtype)
-
-
-conv_mm.defvjp(_conv_mm_fwd, _conv_mm_bwd)
-
-
 def conv_im2col(x, w, stride: int, padding: int):
   """2-D convolution as one matrix product over explicit patches (im2col).
 
@@ -188,44 +95,46 @@ def conv_im2col(x, w, stride: int, padding: int):
                  preferred_element_type=jnp.float32).astype(x.dtype)
 
 
-# `conv2d` uses `conv_im2col` on CPU when the patch matrix has at most this many
-# rows (N Ho Wo), any stride, or `_IM2COL_MAX_ROWS_STRIDE1` rows at stride 1 (one
-# core, fwd + both gradients, CPU seconds: 4x4x512 maps of 24 frames 78 -> 59 ms,
-# 9x6x512 audio maps 70 -> 59 ms, 7x7x256 41 -> 37 ms; at 14x14x256 (4704 rows)
-# im2col is 40 % slower, so larger maps keep `conv_mm`).
+# `conv2d` uses `conv_im2col` on CPU when an output map side is at most
+# `_IM2COL_MAX_SIDE` or the patch matrix has at most `_IM2COL_MAX_ROWS` rows
+# (N Ho Wo). XLA's CPU convolution falls off a cliff on 2 x 2 outputs: forward and
+# both gradients of 3 x 3 x 512 on 2 x 2 maps of 96 frames took 2334 ms against
+# 35 ms as im2col (3 x 3 maps: 80 vs 95 ms, the convolution ahead); small
+# patch matrices are a little faster as im2col (the 9 x 6 x 512 audio layer4 of
+# 8 clips: 39 vs 44 ms); at 7 x 7 x 512 (1176 rows, layer4 of 24 frames at 224 px)
+# the convolution is the faster (105 vs 124 ms).
+_IM2COL_MAX_SIDE = 2
 _IM2COL_MAX_ROWS = 512
-_IM2COL_MAX_ROWS_STRIDE1 = 1200
 
 
 def _use_im2col(x_shape, kernel: int, c_in: int, stride: int, padding: int) -> bool:
   if c_in < 16 or jax.default_backend() != 'cpu':
     return False
   n, h, wd, _ = x_shape
-  rows = n * ((h + 2 * padding - kernel) // stride + 1) * ((wd + 2 * padding - kernel) // stride + 1)
-  return rows <= (_IM2COL_MAX_ROWS_STRIDE1 if stride == 1 else _IM2COL_MAX_ROWS)
+  ho, wo = (h + 2 * padding - kernel) // stride + 1, (wd + 2 * padding - kernel) // stride + 1
+  return min(ho, wo) <= _IM2COL_MAX_SIDE or n * ho * wo <= _IM2COL_MAX_ROWS
 
 
 def conv2d(x, w, stride: int, padding: int):
   """The convolution of `Conv`, formulated per shape for fast CPU gradients.
 
   * 1x1 kernels: a strided slice and a matrix product (autodiff gives matrix
-    products for both gradients);
+    products for both gradients, 1.2-2x faster than XLA's 1x1 convolution and
+    its gradients on CPU);
   * k x k kernels on small maps with >= 16 input channels, on the CPU backend
-    only: `conv_im2col`, one matrix product (see `_use_im2col`); other
-    backends keep the convolution (cuDNN);
-  * other k x k kernels: `conv_mm`, XLA's convolution forward and input
-    gradient with the matrix-product weight gradient of `conv_weight_grad`.
+    only: `conv_im2col`, one matrix product (see `_use_im2col`);
+  * other k x k kernels: XLA's convolution with its own gradients.
   """
   if w.shape[0] == 1 and padding == 0:
     xs = x[:, ::stride, ::stride, :]
     return jnp.dot(xs, w[0, 0], preferred_element_type=jnp.float32).astype(x.dtype)
   if _use_im2col(x.shape, w.shape[0], w.shape[2], stride, padding):
     return conv_im2col(x, w, stride, padding)
-  return conv_mm(x, w, stride, padding)
+  return _conv(x, w, stride, padding)
 
 
 class Conv(nn.Module):
-  """Bias-free square conv with the authors' init and the fast weight gradient.
+  """Bias-free square conv with the authors' init (`conv2d`).
 
   Attributes: features: C_out; kernel: k; stride; padding; dtype: compute dtype.
   """
