@@ -315,15 +315,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                    seed=config.seed, shard=(jax.process_index(), jax.process_count()))
   last_mngr = checkpointing.manager(workdir, checkpointing.LAST)
   best_mngr = checkpointing.manager(workdir, checkpointing.BEST)
+  eval_step = steps.make_eval_step(model=exp.model, mesh=mesh)  # validation and test: compiled once
   try:
     with distributed.PreemptionWatch() as watch:
-      _train(exp, mesh, state, data_iter, last_mngr, best_mngr, workdir, watch)
+      _train(exp, mesh, state, data_iter, last_mngr, best_mngr, workdir, watch, eval_step)
   finally:
     if hasattr(data_iter, 'close'):
       data_iter.close()
     last_mngr.close()
     best_mngr.close()
-  return evaluate_checkpoint(config, workdir, exp=exp, mesh=mesh)
+  return evaluate_checkpoint(config, workdir, exp=exp, mesh=mesh, eval_step=eval_step)
 
 
 def _on_mesh(step_fn, mesh):
@@ -342,7 +343,7 @@ def window_means(history: list[Mapping[str, float]]) -> dict[str, float]:
 
 
 def _train(exp: Experiment, mesh, state: TrainState, data_iter, last_mngr, best_mngr, workdir: str,
-           watch: distributed.PreemptionWatch) -> None:
+           watch: distributed.PreemptionWatch, eval_step) -> None:
   """The step loop of `train_and_evaluate`, from `checkpoints/last` (if any) to `train.num_steps`."""
   config, cfg = exp.config, exp.config.train
   heads = (losses.FUSED, *exp.modalities)
@@ -356,7 +357,7 @@ def _train(exp: Experiment, mesh, state: TrainState, data_iter, last_mngr, best_
   train_step = steps.make_train_step(model=exp.model, tx=exp.tx, method=exp.method,
                                      loss_weights=exp.loss_weights, skip_nonfinite=cfg.skip_nonfinite,
                                      mesh=mesh)
-  eval_step = _on_mesh(steps.make_eval_step(model=exp.model, mesh=mesh), mesh)
+  eval_step = _on_mesh(eval_step, mesh)
   encode_step = _on_mesh(steps.make_encode_step(model=exp.model, mesh=mesh), mesh)
   spe = common.steps_per_epoch(len(exp.dataset.splits['train']), config.data.batch_size)
   start = saved = int(state.step)
@@ -425,8 +426,9 @@ def evaluate_checkpoint(config, workdir: str, *, exp: Experiment | None = None, 
       numbered steps, e.g. copied from another machine.
     mesh: the devices to evaluate on (default: all); any count works, whatever
       the checkpoint was trained on.
-    eval_step: `steps.make_eval_step(model=exp.model, mesh=mesh)` to reuse
-      (evaluations of several checkpoints of one model then compile it once).
+    eval_step: a `steps.make_eval_step` of `exp.model` (without a mesh, or
+      with this `mesh`) to reuse: the training's validation and evaluations of
+      several checkpoints of one model then compile it once.
   """
   if split not in SPLITS:
     raise ValueError(f"unknown split '{split}'; expected one of {list(SPLITS)}")

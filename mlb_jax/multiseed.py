@@ -39,7 +39,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from data_pipelines import common
-from mlb_jax import checkpointing, compile_options, loop, losses, runtime, sharding, steps
+from mlb_jax import checkpointing, compile_options, loop, losses, runtime, steps
 from mlb_jax.train_state import TrainState
 
 SEED = 'seed'  # the mesh axis replicas are split on
@@ -163,6 +163,7 @@ def train_and_evaluate_many(configs: Sequence[ml_collections.ConfigDict], workdi
                                 seed=e.config.seed) for e in exps]
   lasts = [checkpointing.manager(w, checkpointing.LAST) for w in workdirs]
   bests = [checkpointing.manager(w, checkpointing.BEST) for w in workdirs]
+  eval_step = steps.make_eval_step(model=exps[0].model)  # validation and test of every seed: compiled once
   try:
     states, best = [loop.initial_state(e) for e in exps], [{'step': -1, 'accuracy': -1.0} for _ in exps]
     if any(m.all_steps() for m in lasts):
@@ -176,7 +177,7 @@ def train_and_evaluate_many(configs: Sequence[ml_collections.ConfigDict], workdi
         states, best = [r[0] for r in restored], [r[1]['best'] for r in restored]
         logging.info('resumed %d seeds from step %d', len(exps), restored[0][2])
     if states is not None:
-      _train(exps, workdirs, states, best, iters, lasts, bests)
+      _train(exps, workdirs, states, best, iters, lasts, bests, eval_step)
   finally:
     for it in iters:
       if hasattr(it, 'close'):
@@ -185,13 +186,10 @@ def train_and_evaluate_many(configs: Sequence[ml_collections.ConfigDict], workdi
       m.close()
   if states is None:
     return [loop.train_and_evaluate(c, w) for c, w in zip(configs, workdirs)]
-  mesh = sharding.make_mesh()
-  eval_step = steps.make_eval_step(model=exps[0].model, mesh=mesh)  # compiled once for all seeds
-  return [loop.evaluate_checkpoint(e.config, w, exp=e, mesh=mesh, eval_step=eval_step)
-          for e, w in zip(exps, workdirs)]
+  return [loop.evaluate_checkpoint(e.config, w, exp=e, eval_step=eval_step) for e, w in zip(exps, workdirs)]
 
 
-def _train(exps, workdirs, states, best, iters, lasts, bests) -> None:
+def _train(exps, workdirs, states, best, iters, lasts, bests, eval_step) -> None:
   """The step loop of `train_and_evaluate_many`: `loop._train`'s schedule, per replica."""
   exp0, num = exps[0], len(exps)
   config, cfg = exp0.config, exp0.config.train
@@ -200,7 +198,6 @@ def _train(exps, workdirs, states, best, iters, lasts, bests) -> None:
   train_step = make_multi_train_step(model=exp0.model, tx=exp0.tx, method=exp0.method,
                                      loss_weights=exp0.loss_weights, skip_nonfinite=cfg.skip_nonfinite,
                                      mesh=mesh)
-  eval_step = steps.make_eval_step(model=exp0.model)
   encode_step = steps.make_encode_step(model=exp0.model)
   spe = common.steps_per_epoch(len(exp0.dataset.splits['train']), config.data.batch_size)
   start = saved = int(states[0].step)

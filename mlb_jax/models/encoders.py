@@ -25,6 +25,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mlb_jax.models.resnet import conv_im2col
+
 
 class MLPEncoder(nn.Module):
   """Attributes: hidden: widths of the hidden layers; features: output width D; dtype: compute dtype."""
@@ -51,7 +53,8 @@ def _same_padding(size: int, stride: int, kernel: int) -> tuple[int, int]:
 
 class PatchConv(nn.Module):
   """Bias-free k x k conv with SAME padding as one matrix product over the k^2
-  shifted, strided views of the input ([N, H, W, C] -> [N, H/s, W/s, features]).
+  shifted, strided views of the input (`resnet.conv_im2col`; [N, H, W, C] ->
+  [N, H/s, W/s, features]).
 
   Its parameter `kernel` [k, k, C, features] has `nn.Conv`'s name, shape and
   init, so this is `nn.Conv(features, (k, k), strides=s, use_bias=False)` with
@@ -68,11 +71,8 @@ class PatchConv(nn.Module):
   def __call__(self, x):
     k, s = self.kernel, self.stride
     w = self.param('kernel', nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
-    (top, bottom), (left, right) = (_same_padding(x.shape[1], s, k), _same_padding(x.shape[2], s, k))
-    xp = jnp.pad(x.astype(self.dtype), ((0, 0), (top, bottom), (left, right), (0, 0)))
-    h, wd = -(-x.shape[1] // s), -(-x.shape[2] // s)
-    views = [xp[:, i:i + (h - 1) * s + 1:s, j:j + (wd - 1) * s + 1:s, :] for i in range(k) for j in range(k)]
-    return jnp.concatenate(views, axis=-1) @ w.reshape(-1, self.features).astype(self.dtype)
+    padding = (_same_padding(x.shape[1], s, k), _same_padding(x.shape[2], s, k))
+    return conv_im2col(x.astype(self.dtype), w.astype(self.dtype), s, padding)
 
 
 class ConvStack(nn.Module):

@@ -73,7 +73,7 @@ def _conv(x, w, stride: int, padding: int):
                                   dimension_numbers=_DIMS)
 
 
-def conv_im2col(x, w, stride: int, padding: int):
+def conv_im2col(x, w, stride: int, padding):
   """2-D convolution as one matrix product over explicit patches (im2col).
 
   The k^2 strided windows of the padded input are concatenated along channels
@@ -83,11 +83,16 @@ def conv_im2col(x, w, stride: int, padding: int):
   into place and summed). Cheaper than XLA's CPU convolution and its gradients
   where the map is small and the channels many (layer3/layer4 of ResNet-18 at
   CREMA-D sizes), much dearer where the patch matrix is large; see `conv2d`.
+
+  Args:
+    x: [N, H, W, C_in]; w: [k, k, C_in, C_out]; stride: s.
+    padding: p on every side, or ((top, bottom), (left, right)).
   """
   k, _, c_in, c_out = w.shape
   n, h, wd, _ = x.shape
-  ho, wo = (h + 2 * padding - k) // stride + 1, (wd + 2 * padding - k) // stride + 1
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  (top, bottom), (left, right) = ((padding, padding),) * 2 if isinstance(padding, int) else padding
+  ho, wo = (h + top + bottom - k) // stride + 1, (wd + left + right - k) // stride + 1
+  xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
   cols = [lax.slice(xp, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c_in),
                     (1, stride, stride, 1)) for i in range(k) for j in range(k)]
   patches = jnp.concatenate(cols, axis=-1)
