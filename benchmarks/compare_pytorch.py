@@ -2,7 +2,9 @@
 
   pip install torch==2.13.0          # optional, benchmark-only (CPU build)
   python benchmarks/compare_pytorch.py [--frame_sizes=224,112] [--batch=8] [--methods=mlb]
-                                       [--rounds=5] [--steps=2] [--cores=2] [--malloc_reuse] [--json]
+                                       [--rounds=5] [--steps=2] [--cores=2] [--malloc_reuse]
+                                       [--kernels=auto] [--json]
+  python benchmarks/compare_pytorch.py --frame_sizes= --kernels=plain,cpu   # the same-step check only
 
 Both sides: two ResNet-18 encoders (audio [257, 188] spectrogram, 1-channel
 stem; video 3 frames per clip, per-frame ResNet, one mean over frames and
@@ -11,13 +13,16 @@ train-mode forward pass, loss CE(fused) + CE(audio) + CE(video) (for `joint`:
 the heads see detached features), MLB coefficients from the unimodal heads'
 batch-mean true-class probability (alpha 0.8, beta_max 2), k_i scaling the raw
 gradients of modality i's encoder and head, then Adam (lr 1e-4, betas 0.9/0.999,
-eps 1e-7, coupled L2 weight decay 1e-4). Ours is `mlb_jax.steps.train_step`
-(jitted, with its metrics); PyTorch runs eagerly with oneDNN.
+eps 1e-7, coupled L2 weight decay 1e-4). Ours is the train step of
+`mlb_jax.build.build_training` (`mlb_jax.steps.train_step`, jitted, with its
+metrics) for `config.model.kernels` = `--kernels` (auto: the CPU formulations
+and XLA:CPU options on a CPU backend); PyTorch runs eagerly with oneDNN.
 
 Before timing, `--check` copies our initial parameters into the PyTorch model
-and runs one step on both at a small input size: the losses and every updated
-parameter and BatchNorm statistic must agree, so the two are the same model and
-step. Timing then alternates: for each round, `--steps` PyTorch steps, then
+and runs one step on both at a small input size, for each `--kernels` setting:
+the losses and every updated parameter and BatchNorm statistic must agree, so the
+two are the same model and step (with `--frame_sizes=`, empty, only the check
+runs). Timing then alternates: for each round, `--steps` PyTorch steps, then
 `--steps` of ours, so machine noise hits both alike; reported are medians of
 samples/s (wall clock) and of process CPU seconds per step, and ours / PyTorch.
 `--cores=1` pins the process to one core (both frameworks then share it), the
@@ -40,7 +45,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -54,6 +58,8 @@ _STEPS = flags.DEFINE_integer('steps', 2, 'Steps per framework per round.')
 _CORES = flags.DEFINE_integer('cores', 0, 'Pin the process to this many cores (0 = leave as is).')
 _CHECK = flags.DEFINE_bool('check', True, 'Check both sides compute the same step first.')
 _JSON = flags.DEFINE_bool('json', False, 'Print a JSON line as well.')
+_KERNELS = flags.DEFINE_list('kernels', ['auto'], 'config.model.kernels of our step: auto | plain | cpu; '
+                              'the check runs for each, the timing for the first.')
 _MALLOC_REUSE = flags.DEFINE_bool('malloc_reuse', False, 'Apply mlb_jax.cpu_malloc.reuse_freed_memory() '
                                   '(process-wide glibc settings) before anything runs.')
 
@@ -110,7 +116,7 @@ def torch_model(torch, width: int = 64):
           setattr(self, name, Block(c, cout, 2 if stage > 0 and b == 0 else 1))
           self.blocks.append(name)
           c = cout
-      for m in self.modules():   # the authors' init (METHODS.md §4.1)
+      for m in self.modules():   # the authors' init (docs/methods.md, ResNet-18 encoders)
         if isinstance(m, nn.Conv2d):
           nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
         elif isinstance(m, nn.BatchNorm2d):
@@ -221,24 +227,24 @@ def torch_state_as_ours(model, params, batch_stats):
 # ----------------------------------------------------------------------- our side
 
 
-def our_config(method: str):
+def our_config(method: str, kernels: str = 'auto'):
   from configs import cremad_mlb
   c = cremad_mlb.get_config(f'method={method}')
   c.optimizer.schedule = 'constant'   # both sides: a fixed lr of 1e-4
+  c.model.fusion = 'late_linear'      # both sides (MLB's own fusion, spelled out)
+  c.model.kernels = kernels
   return c
 
 
-def our_step(method: str, frame_size: int, batch: int):
-  """(jitted train step, initial state) of our model for one frame size."""
-  from mlb_jax import loop, steps
-  from mlb_jax.train_state import create_train_state
-  c = our_config(method)
+def our_step(method: str, frame_size: int, batch: int, kernels: str = 'auto'):
+  """(jitted train step, initial state, device batch of a host batch) of our model for one frame size."""
+  from mlb_jax import build
+  c = our_config(method, kernels)
   shapes = {'audio': AUDIO_SHAPE, 'video': (FRAMES, frame_size, frame_size, 3)}
-  model, method_, tx, weights = loop.build_training(c, MODALITIES, shapes, NUM_CLASSES, 1)  # no epochs
-  sample = {m: np.zeros((batch,) + shapes[m], np.float32) for m in MODALITIES}
-  state = create_train_state(model, tx, method_, sample, jax.random.key(0))
-  step = steps.make_train_step(model=model, tx=tx, method=method_, loss_weights=weights, donate=False)
-  return step, state
+  spec = build.DataSpec(MODALITIES, shapes, NUM_CLASSES, 1)   # no epochs
+  training = build.build_training(c, spec, donate=False)
+  state = training.initial_state({m: np.zeros(shapes[m], np.float32) for m in MODALITIES}, [0])
+  return training.train_step, state, lambda host: training.place_batch([host])
 
 
 def make_batch(rng, frame_size: int, batch: int):
@@ -254,14 +260,14 @@ def torch_inputs(torch, batch):
           torch.from_numpy(batch['label'].astype(np.int64)))
 
 
-def check_same_step(torch, method: str, frame_size: int = 64, batch: int = 4) -> dict:
+def check_same_step(torch, method: str, frame_size: int = 64, batch: int = 4, kernels: str = 'auto') -> dict:
   """One step on both sides from the same parameters: max differences."""
-  step, state = our_step(method, frame_size, batch)
+  step, state, place = our_step(method, frame_size, batch, kernels)
   model = torch_model(torch)
   copy_params(torch, model, state.params, state.batch_stats)
   model.train()
   data = make_batch(np.random.default_rng(1), frame_size, batch)
-  new_state, metrics = step(state, {k: jnp.asarray(v) for k, v in data.items()})
+  new_state, metrics = step(state, place(data))
   torch_loss = torch_step(torch, model, method)(*torch_inputs(torch, data)).item()
   t_params, t_stats = torch_state_as_ours(model, new_state.params, new_state.batch_stats)
   delta = lambda new, ref: jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), new, ref)
@@ -286,11 +292,12 @@ def page_faults() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def compare(torch, method: str, frame_size: int, batch: int, rounds: int, steps: int) -> dict:
+def compare(torch, method: str, frame_size: int, batch: int, rounds: int, steps: int,
+            kernels: str = 'auto') -> dict:
   rng = np.random.default_rng(0)
   data = make_batch(rng, frame_size, batch)
-  ours_batch = {k: jnp.asarray(v) for k, v in data.items()}
-  step, state = our_step(method, frame_size, batch)
+  step, state, place = our_step(method, frame_size, batch, kernels)
+  ours_batch = place(data)
   start = time.perf_counter()
   state, metrics = step(state, ours_batch)
   jax.block_until_ready(metrics)
@@ -349,16 +356,20 @@ def main(argv):
   report = {'device': f'{jax.devices()[0].device_kind}, {os.cpu_count()} CPUs visible, '
                       f'{len(os.sched_getaffinity(0))} used', 'torch': torch.__version__,
             'torch_threads': torch.get_num_threads(), 'jax': jax.__version__, 'batch': _BATCH.value,
+            'kernels': _KERNELS.value,
             'malloc_reuse': malloc_reuse, 'load_average_start': os.getloadavg()[0], 'results': {}}
   if _CHECK.value:
     for method in _METHODS.value:
-      report[f'check_{method}'] = check = check_same_step(torch, method)
-      print(f'check ({method}, 64 px, batch 4): loss ours {check["loss_ours"]:.6f} torch {check["loss_torch"]:.6f}; '
-            f'max |update diff| {check["update_max_abs_diff"]:.2e} (99.9 %: {check["update_p999_abs_diff"]:.2e}); '
-            f'max |BN stats diff| {check["batch_stats_max_abs_diff"]:.2e}', flush=True)
+      for kernels in _KERNELS.value:
+        suffix = '' if len(_KERNELS.value) == 1 else f'_{kernels}'
+        report[f'check_{method}{suffix}'] = check = check_same_step(torch, method, kernels=kernels)
+        print(f'check ({method}, kernels {kernels}, 64 px, batch 4): loss ours {check["loss_ours"]:.6f} '
+              f'torch {check["loss_torch"]:.6f}; '
+              f'max |update diff| {check["update_max_abs_diff"]:.2e} (99.9 %: {check["update_p999_abs_diff"]:.2e}); '
+              f'max |BN stats diff| {check["batch_stats_max_abs_diff"]:.2e}', flush=True)
   for method in _METHODS.value:
     for size in (int(s) for s in _FRAME_SIZES.value):
-      r = compare(torch, method, size, _BATCH.value, _ROUNDS.value, _STEPS.value)
+      r = compare(torch, method, size, _BATCH.value, _ROUNDS.value, _STEPS.value, _KERNELS.value[0])
       report['results'][f'{method}_{size}'] = r
       print(f'{method:5s} {size}x{size} batch {_BATCH.value}: torch {r["torch"]["samples_per_s"]:.2f} samples/s, '
             f'ours {r["ours"]["samples_per_s"]:.2f} samples/s -> ours/torch x{r["ratio_samples_per_s"]:.2f}; '

@@ -7,7 +7,7 @@
   python benchmarks/step_time.py --seeds=4 --methods=mlb --steps=20 --model=cremad_resnet18 \
       --dtypes=float32,bfloat16 --batch_sizes=8 --frame_size=64 --resnet_steps=1 --rounds=3   # both, one run
 
-`--seeds=S` times many seeds at once (mlb_jax/multiseed.py) on the --config's
+`--seeds=S` times many seeds at once (one vmapped step, mlb_jax/build.py) on the --config's
 model, for the first of --methods: samples/s of one seed (S=1), of S seeds in
 one vmapped step, and of the same S seeds stepped one after another with the
 single-seed step ("sequential", what S separate runs do), interleaved rounds,
@@ -78,17 +78,19 @@ CREMAD_CLASSES = 6
 
 def prepare(config, method):
   from data_pipelines import common
-  from mlb_jax import loop, steps
+  from mlb_jax import build, loop
   config = config.copy_and_resolve_references()
   config.method = method
-  if method == 'mmcosine':
-    config.model.fusion = 'mmcosine'
-  exp = loop.build(config)
-  state = loop.initial_state(exp)
+  exp = build.build(config)
+  state = loop.initial_state([exp])
   it = common.train_batches(exp.dataset.splits['train'], batch_size=config.data.batch_size, seed=0)
-  batches = [jax.device_put(next(it)) for _ in range(8)]  # data loading is not timed
-  step = steps.make_train_step(model=exp.model, tx=exp.tx, method=exp.method,
-                               loss_weights=exp.loss_weights)
+  # data loading is not timed
+  batches = [exp.training.place_batch([next(it)]) for _ in range(8)]
+  return compiled_bench(exp.training.train_step, state, batches)
+
+
+def compiled_bench(step, state, batches):
+  """A bench of `step` after its first call (the compile time)."""
   start = time.perf_counter()
   state, metrics = step(state, batches[0])
   jax.block_until_ready(metrics)
@@ -99,24 +101,17 @@ def prepare_cremad(method, batch_size, frame_size, dtype):
   """The CREMA-D ResNet-18 step on random CREMA-D-shaped batches (two, alternated)."""
   import numpy as np
   from configs import cremad_mlb
-  from mlb_jax import loop, steps
-  from mlb_jax.train_state import create_train_state
+  from mlb_jax import build
   config = cremad_mlb.get_config(f'method={method}')
   config.dtype = dtype
   shapes = {'audio': tuple(config.data.audio_shape), 'video': (config.data.video_shape[0], frame_size, frame_size, 3)}
   # Random batches: no epochs are simulated (steps_per_epoch 1 only places epoch-based windows).
-  model, method_, tx, weights = loop.build_training(config, CREMAD_MODALITIES, shapes, CREMAD_CLASSES, 1)
+  training = build.build_training(config, build.DataSpec(CREMAD_MODALITIES, shapes, CREMAD_CLASSES, 1))
   rng = np.random.default_rng(0)
-  batches = [jax.device_put({**{m: rng.standard_normal((batch_size,) + shapes[m], dtype=np.float32)
-                                for m in CREMAD_MODALITIES},
-                             'label': rng.integers(0, CREMAD_CLASSES, batch_size).astype(np.int32)})
-             for _ in range(2)]
-  state = create_train_state(model, tx, method_, batches[0], jax.random.key(config.seed))
-  step = steps.make_train_step(model=model, tx=tx, method=method_, loss_weights=weights)
-  start = time.perf_counter()
-  state, metrics = step(state, batches[0])
-  jax.block_until_ready(metrics)
-  return {'step': step, 'state': state, 'batches': batches, 'compile_s': time.perf_counter() - start}
+  host = [{**{m: rng.standard_normal((batch_size,) + shapes[m], dtype=np.float32) for m in CREMAD_MODALITIES},
+           'label': rng.integers(0, CREMAD_CLASSES, batch_size).astype(np.int32)} for _ in range(2)]
+  state = training.initial_state({m: host[0][m][0] for m in CREMAD_MODALITIES}, [config.seed])
+  return compiled_bench(training.train_step, state, [training.place_batch([b]) for b in host])
 
 
 def main_cremad():
@@ -148,39 +143,30 @@ def main_cremad():
 
 def main_seeds(config, method, num_seeds):
   """S=1, S seeds vmapped and S seeds one after another, interleaved (see the module docstring)."""
-  import numpy as np
   from data_pipelines import common
-  from mlb_jax import loop, multiseed, steps
+  from mlb_jax import build, loop
   exps = []
   for s in range(num_seeds):
     c = config.copy_and_resolve_references()
     c.method, c.seed = method, s
-    exps.append(loop.build(c))
-  e0 = exps[0]
+    exps.append(build.build(c))
   iters = [common.train_batches(e.dataset.splits['train'], batch_size=config.data.batch_size, seed=s)
            for s, e in enumerate(exps)]
   batches = [[next(it) for _ in range(8)] for it in iters]  # data loading is not timed
-  kwargs = dict(model=e0.model, tx=e0.tx, method=e0.method, loss_weights=e0.loss_weights)
-  mesh = multiseed.replica_mesh(num_seeds)
-
-  def compiled(step, state, batch):
-    start = time.perf_counter()
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    return state, time.perf_counter() - start
-
-  single = steps.make_train_step(**kwargs)
+  single, multi = exps[0].training, build.build_training(exps[0].config, exps[0].training.spec,
+                                                         num_replicas=num_seeds)
+  mesh = multi.mesh
   states, compile_single = [], None
   for e, bs in zip(exps, batches):
-    state, seconds = compiled(single, loop.initial_state(e), jax.device_put(bs[0]))
-    states.append(state)
-    compile_single = compile_single or seconds
-  stacked_batches = [multiseed.place({k: np.stack([bs[i][k] for bs in batches]) for k in batches[0][0]}, mesh)
-                     for i in range(8)]
-  batches = [[jax.device_put(b) for b in bs] for bs in batches]
-  multi = multiseed.make_multi_train_step(**kwargs, mesh=mesh)
-  stacked, compile_multi = compiled(multi, multiseed.place(multiseed.stack([loop.initial_state(e) for e in exps]),
-                                                           mesh), stacked_batches[0])
+    bench = compiled_bench(single.train_step, loop.initial_state([e]), [single.place_batch([bs[0]])])
+    states.append(bench['state'])
+    compile_single = compile_single or bench['compile_s']
+  stacked_batches = [multi.place_batch([bs[i] for bs in batches]) for i in range(8)]
+  batches = [[single.place_batch([b]) for b in bs] for bs in batches]
+  stacked_state = multi.initial_state(exps[0].dataset.splits['train'][0], [e.config.seed for e in exps])
+  bench = compiled_bench(multi.train_step, stacked_state, stacked_batches)
+  stacked, compile_multi, multi = bench['state'], bench['compile_s'], multi.train_step
+  single = single.train_step
   benches = {'S=1': {'step': single, 'state': states[0], 'batches': batches[0]},
              f'S={num_seeds} vmapped': {'step': multi, 'state': stacked, 'batches': stacked_batches},
              **{f'seq_{s}': {'step': single, 'state': states[s], 'batches': batches[s]}

@@ -27,7 +27,7 @@ from absl import app, flags, logging
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 from configs import synthetic  # noqa: E402  (path set above)
-from mlb_jax import loop, multiseed, runtime  # noqa: E402
+from mlb_jax import loop, runtime  # noqa: E402
 from mlb_jax.experiments import aggregate, runner  # noqa: E402
 
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (training and data draw).')
@@ -35,7 +35,7 @@ _METHODS = flags.DEFINE_list(
     'methods', ['joint', 'multiloss', 'mlb', 'ogm', 'ogm_ge', 'mslr', 'agm', 'pmr', 'mmcosine'],
     'Methods to compare.')
 _OUT = flags.DEFINE_string('out', 'benchmarks/out/synthetic_compare', 'Output directory.')
-_SET = flags.DEFINE_multi_string('set', [], 'Config overrides for every run, e.g. balancing.alpha=1.5.')
+_SET = flags.DEFINE_multi_string('set', [], 'Config overrides for every run, e.g. balancing.mlb.alpha=1.5.')
 _ALONE = flags.DEFINE_bool('alone', True, 'Also train each modality alone (the unimodal references).')
 
 HEADS = ('fused', 'audio', 'video')
@@ -60,15 +60,9 @@ def run_variant(name, arg, seeds):
   """Every seed of one variant (finished runs reused), as [{'seed', 'test', 'best_step', 'seconds'}]."""
   seconds = {}
 
-  def timed_train(config, workdir):
-    start = time.time()
-    results = loop.train_and_evaluate(config, workdir)
-    seconds[os.path.basename(workdir)] = time.time() - start
-    return results
-
   def timed_train_many(configs, workdirs):  # --set=num_seeds=S: S seeds per vmapped step
     start = time.time()
-    results = multiseed.train_and_evaluate_many(configs, workdirs)
+    results = loop.train_and_evaluate_many(configs, workdirs)
     for workdir in workdirs:  # the group's time, shared out
       seconds[os.path.basename(workdir)] = (time.time() - start) / len(workdirs)
     return results
@@ -79,8 +73,7 @@ def run_variant(name, arg, seeds):
           ('  (reused)' if reused else f'  ({seconds[run.name]:.0f} s)'), flush=True)
 
   runs = runner.make_runs(seeds=seeds, seed_fields=('seed', 'data.seed'))
-  all_results = runner.run_variant(base_config(arg), _OUT.value, name, runs, train=timed_train,
-                                   train_many=timed_train_many, on_result=show)
+  all_results = runner.run_variant(base_config(arg), _OUT.value, name, runs, train_many=timed_train_many, on_result=show)
   return [{'seed': seed, 'test': r['test'], 'best_step': r['best_step'],
            'seconds': seconds.get(run.name)}
           for seed, run, r in zip(seeds, runs, all_results)]

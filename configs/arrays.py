@@ -4,7 +4,7 @@ Run:
   python run.py --config=configs/arrays.py:method=mlb --config.data.path=my.npz --workdir=w
 Modality names (the .npz keys other than label/split) and the number of classes
 are read from the file; see data_pipelines/arrays.py for the layout.
-Variants: method=joint|multiloss|mlb, smoke.
+Variants: method=<any key of mlb_jax.balancing.METHODS>, smoke.
 """
 
 from configs import base
@@ -23,8 +23,8 @@ def get_config(arg=None):
   if args['smoke']:
     c.data.batch_size = c.data.eval_batch_size = 8
     c.model.features = 16
-    c.model.mlp_hidden = (32,)
-    c.model.conv_widths = (4, 8)
+    c.model.mlp.hidden = (32,)
+    c.model.conv.widths = (4, 8)
     c.train.num_steps = 2
     c.train.eval_every = 2
     c.train.log_every = 1

@@ -1,19 +1,22 @@
-"""AVE with two ResNet-18 encoders from scratch (METHODS.md §5.2, §6), any method.
+"""AVE with two ResNet-18 encoders from scratch, any method.
+
+Data and schedule: docs/methods.md#ave, docs/methods.md#schedule-by-dataset.
 
 Run (after `python -m data_pipelines.prepare --dataset=ave ...`):
   python run.py --config=configs/ave.py:method=mlb,fold=0 --config.data.dir=/data/ave_prepared --workdir=w
   python run.py --config=configs/ave.py:method=agm --config.model.fusion=mid_mlp ...
 Variants: method=joint|multiloss|mlb|ogm|ogm_ge|mslr|agm|pmr|mmcosine (released
 hyperparameters, configs/released.py); fold=0|1|2 (AVE has fixed splits: the fold
-only picks the authors' seed 109/19/337); fusion=late_linear|mid_mlp|...; smoke.
-Adam lr 1e-3, wd 1e-4, batch 32, 1500 constant-lr warm-up steps (METHODS.md §6).
+only picks the authors' seed 109/19/337); fusion=auto|late_linear|mid_mlp|...; smoke.
+Adam lr 1e-3, wd 1e-4, batch 32, 1500 constant-lr warm-up steps
+(docs/methods.md#training-evaluation-and-reporting).
 """
 
 from configs import base, datasets, paper, released
 
 
 def get_config(arg=None):
-  args = base.parse_arg(arg, {'method': 'mlb', 'fold': '0', 'fusion': 'late_linear', 'smoke': False})
+  args = base.parse_arg(arg, {'method': 'mlb', 'fold': '0', 'fusion': 'auto', 'smoke': False})
   c = base.get_config()
   c.seed = paper.fold_seed(int(args['fold']))
   datasets.ave(c)

@@ -23,12 +23,12 @@ def parse_arg(arg: str | None, allowed: dict) -> dict:
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.method = 'mlb'          # joint | multiloss | mlb | ogm | ogm_ge | mslr | agm | pmr | mmcosine
+  c.method = 'mlb'          # a key of mlb_jax.balancing.METHODS (docs/methods.md)
   c.seed = 0                # parameter init, data order, dropout
   c.modalities = ()         # () = every modality the dataset has, in its order
   # Speed (none of these changes what one run computes, except dtype's rounding).
   c.num_seeds = 1           # S > 1: S replicas (seeds seed, seed+1, ...) trained by one vmapped step
-                            # (mlb_jax/multiseed.py); each writes <workdir>/seed_<seed>/ as a single run
+                            # (mlb_jax/loop.py); each writes <workdir>/seed_<seed>/ as a single run
   c.dtype = 'float32'       # compute dtype of every encoder and fusion head: float32 | bfloat16
                             # (parameters, losses, softmax scores and k_i stay float32)
   c.compilation_cache_dir = ''  # persistent XLA compilation cache directory ('' = JAX's setting)
@@ -42,22 +42,39 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.encoder = 'auto'          # default encoder: auto (by input rank) | mlp | conv | frames | resnet18 | conformer
   c.model.encoders = ml_collections.ConfigDict()  # per-modality override, e.g. {'video': 'frames'}
-  c.model.fusion = 'late_linear'    # late_linear | mid_mlp | mmcosine | film | gated | transformer
-  c.model.features = 128            # encoder output width D
-  c.model.mlp_hidden = (256,)
-  c.model.conv_widths = (16, 32, 64)
-  c.model.mid_hidden = 64           # Mid-MLP inner width (authors: 64)
-  c.model.dropout = 0.1             # Mid-MLP dropout (authors: 0.1)
-  c.model.mmcosine_scale = 10.0     # MMCosine logit scale s (authors: 10)
-  c.model.resnet_width = 64         # resnet18 encoder: stem width w, features 8w (64 = standard ResNet-18)
-  c.model.conformer_bottleneck = 50  # conformer encoder: Conv1d(D_in -> 50, k=1) before the blocks (authors: 50)
-  c.model.conformer_dim = 512       # Conformer width, also of the transformer fusion (authors: 512)
-  c.model.conformer_layers = 5      # conformer encoder blocks (authors: 5)
-  c.model.conformer_heads = 8       # attention heads (authors: 8)
-  c.model.conformer_ff_mult = 4     # feed-forward expansion (authors: 4)
-  c.model.conformer_kernel = 31     # depthwise conv kernel (authors: 31)
-  c.model.conformer_dropout = 0.1   # every Conformer dropout (authors: 0.1)
-  c.model.fusion_layers = 2         # transformer fusion: Conformer blocks over the tokens (authors: 2)
+  c.model.fusion = 'auto'           # auto (the method's own fusion, else late_linear) | late_linear | mid_mlp
+                                    # | mmcosine | film | gated | transformer
+  c.model.features = 128            # output width D of the mlp, conv and frames encoders
+  c.model.kernels = 'auto'          # auto: the CPU formulations of models/cpu_kernels.py and XLA:CPU options
+                                    # on a CPU backend, plain XLA ops elsewhere | plain | cpu
+  # One section per encoder ...
+  c.model.mlp = ml_collections.ConfigDict()
+  c.model.mlp.hidden = (256,)       # hidden widths before the D-wide output
+  c.model.conv = ml_collections.ConfigDict()
+  c.model.conv.widths = (16, 32, 64)  # conv and frames encoders: channels per stride-2 block
+  c.model.resnet18 = ml_collections.ConfigDict()
+  c.model.resnet18.width = 64       # stem width w; features 8w (64 = the standard ResNet-18, 512-d)
+  c.model.conformer = ml_collections.ConfigDict()
+  c.model.conformer.bottleneck = 50   # Conv1d(D_in -> 50, k=1) before the blocks (authors: 50)
+  c.model.conformer.dim = 512       # Conformer width (authors: 512)
+  c.model.conformer.layers = 5      # blocks (authors: 5)
+  c.model.conformer.heads = 8       # attention heads (authors: 8)
+  c.model.conformer.ff_mult = 4     # feed-forward expansion (authors: 4)
+  c.model.conformer.kernel = 31     # depthwise conv kernel (authors: 31)
+  c.model.conformer.dropout = 0.1   # every Conformer dropout (authors: 0.1)
+  # ... and per fusion head with settings (late_linear, film and gated have none).
+  c.model.mid_mlp = ml_collections.ConfigDict()
+  c.model.mid_mlp.hidden = 64       # inner width (authors: 64)
+  c.model.mid_mlp.dropout = 0.1     # (authors: 0.1)
+  c.model.mmcosine = ml_collections.ConfigDict()
+  c.model.mmcosine.scale = 10.0     # logit scale s (authors: 10)
+  c.model.transformer = ml_collections.ConfigDict()
+  c.model.transformer.dim = 512     # token width, Conformer blocks over [CLS, tokens of every modality]
+  c.model.transformer.layers = 2    # (authors: 2)
+  c.model.transformer.heads = 8
+  c.model.transformer.ff_mult = 4
+  c.model.transformer.kernel = 31
+  c.model.transformer.dropout = 0.1
 
   # Eq. 3: fused * CE(fused) + sum_i w_i * CE(unimodal_i); w_i = per_modality[i] or unimodal.
   c.loss = ml_collections.ConfigDict()
@@ -65,19 +82,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.unimodal = 1.0
   c.loss.per_modality = ml_collections.ConfigDict()
 
+  # Balancing: two settings shared by every method with per-modality scales k_i, then one
+  # section per method (docs/methods.md); epochs are converted to steps by the build.
   c.balancing = ml_collections.ConfigDict()
-  c.balancing.score = 'probability'   # probability (authors' code) | correct (Eq. 4 literally)
-  c.balancing.apply_to = 'gradients'  # gradients (authors' code) | updates (Eq. 2's lr reading)
-  c.balancing.alpha = 0.8
-  c.balancing.beta_max = 2.0          # 2.0 = every released config of the authors
-  # Baselines (METHODS.md §3); epochs are converted to steps by the loop.
+  c.balancing.score = 'probability'   # s_i: probability (authors' code) | correct (Eq. 4 literally)
+  c.balancing.apply_to = 'gradients'  # where k_i acts: gradients (authors' code) | updates (Eq. 2's lr reading)
+  c.balancing.mlb = ml_collections.ConfigDict()
+  c.balancing.mlb.alpha = 0.8         # tanh steepness of Eq. 7
+  c.balancing.mlb.beta_max = 2.0      # largest acceleration (Eq. 6); 2.0 = every released config of the authors
   c.balancing.ogm = ml_collections.ConfigDict()
   c.balancing.ogm.alpha = 0.8         # ogm / ogm_ge
-  c.balancing.ogm.start_epoch = 0
+  c.balancing.ogm.start_epoch = 0     # modulation for epochs start_epoch <= e <= end_epoch
   c.balancing.ogm.end_epoch = 1500    # authors: always on
   c.balancing.ogm.scale = 'kernels'   # kernels (OGM paper) | all (authors' code: BatchNorm too)
   c.balancing.mslr = ml_collections.ConfigDict()
-  c.balancing.mslr.initial = ml_collections.ConfigDict({'audio': 0.9, 'video': 1.1})
+  c.balancing.mslr.initial = ml_collections.ConfigDict({'audio': 0.9, 'video': 1.1})  # ilr_i (missing: 1)
   c.balancing.mslr.keep_epochs = 5    # K, epochs of validation accuracy remembered
   c.balancing.agm = ml_collections.ConfigDict()
   c.balancing.agm.alpha = 1.5
@@ -86,7 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.balancing.pmr = ml_collections.ConfigDict()
   c.balancing.pmr.alpha = 1.75
   c.balancing.pmr.momentum = 0.0      # prototype momentum (authors: 0)
-  c.balancing.pmr.start_epoch = 0
+  c.balancing.pmr.start_epoch = 0     # prototype terms for epochs start_epoch <= e <= end_epoch
   c.balancing.pmr.end_epoch = 1500
   c.balancing.pmr.fraction = 0.1      # share of training batches for prototypes after epoch 0
 

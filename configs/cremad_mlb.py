@@ -1,6 +1,7 @@
 """CREMA-D with two ResNet-18 encoders trained from scratch, Late-Linear fusion, MLB.
 
-The authors' CREMA-D ResNet setting (METHODS.md §2.4, §4.1, §6): Adam lr 1e-4,
+The authors' CREMA-D ResNet setting (docs/methods.md#mlb-released-values,
+docs/methods.md#resnet-18-encoders, docs/methods.md#training-evaluation-and-reporting): Adam lr 1e-4,
 weight decay 1e-4 (coupled L2), eps 1e-7, batch 32; the constant-then-cosine-
 restarts schedule with 780 warm-up steps (T_0 = 4 steps, T_mult = 2);
 MLB alpha 0.8, beta_max 2, k_i on the raw gradients; loss CE(fused) + CE(audio)
@@ -39,8 +40,8 @@ def get_config(arg=None):
   # validation checkpoint is reported.
   paper.resnet18_training(c, learning_rate=1e-4, warmup_steps=780, steps_per_epoch=126,
                           num_steps=16380)
-  c.balancing.alpha = 0.8
-  c.balancing.beta_max = 2.0
+  c.balancing.mlb.alpha = 0.8
+  c.balancing.mlb.beta_max = 2.0
   released.apply(c, 'cremad', args['method'])   # the method's released CREMA-D hyperparameters
 
   if args['smoke']:

@@ -1,6 +1,7 @@
 """Data sections of the real-dataset configs: `cremad(c)`, `ave(c)`, `ucf101(c)` fill `c.data`.
 
-The numbers follow the authors' preprocessing (METHODS.md §5-6). `c.data.dir`
+The numbers follow the authors' preprocessing (docs/methods.md#data,
+docs/methods.md#training-evaluation-and-reporting). `c.data.dir`
 is the `--out_dir` of `python -m data_pipelines.prepare`, which decodes the raw
 dataset once into TFDS ArrayRecord files; the pipelines (data_pipelines/cremad.py,
 ave.py, ucf101.py) read them with Grain and decode the JPEG frames at read time.

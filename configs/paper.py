@@ -1,4 +1,6 @@
-"""The paper's ResNet-18 training setup shared by the real-dataset configs (METHODS.md §4.1, §6).
+"""The paper's ResNet-18 training setup shared by the real-dataset configs.
+
+See docs/methods.md#resnet-18-encoders and docs/methods.md#training-evaluation-and-reporting.
 
 Two ResNet-18 encoders from scratch, Late-Linear fusion by default, loss
 CE(fused) + CE(audio) + CE(video) (probes for the single-loss baselines), Adam
@@ -10,15 +12,15 @@ import ml_collections
 
 from configs import synthetic as synthetic_config
 
-SEEDS = (109, 19, 337)  # the authors' seed for --fold 0, 1, 2 (METHODS.md §6)
+SEEDS = (109, 19, 337)  # the authors' seed for --fold 0, 1, 2 (docs/methods.md#training-evaluation-and-reporting)
 
 
 def resnet18_training(c: ml_collections.ConfigDict, *, learning_rate: float, warmup_steps: int,
                       steps_per_epoch: int, num_steps: int) -> ml_collections.ConfigDict:
   """Model, loss and optimizer of the authors' ResNet-18 runs; validation every epoch."""
   c.model.encoder = 'resnet18'
-  c.model.resnet_width = 64           # 512-d features
-  c.model.fusion = 'late_linear'
+  c.model.resnet18.width = 64         # 512-d features
+  c.model.fusion = 'auto'             # late_linear, or the method's own fusion (mmcosine)
   c.loss.fused = 1.0
   c.loss.unimodal = 1.0
   c.balancing.score = 'probability'
@@ -52,7 +54,7 @@ def smoke(c: ml_collections.ConfigDict, *, num_classes: int, frames: int) -> ml_
   c.data.audio_shape = (32, 24)             # [F, T]
   c.data.video_shape = (frames, 32, 32, 3)  # [frames, H, W, RGB]
   c.data.batch_size = c.data.eval_batch_size = 8
-  c.model.resnet_width = 8
+  c.model.resnet18.width = 8
   c.optimizer.warmup_steps = 1
   c.train.num_steps = 2
   c.train.eval_every = 2

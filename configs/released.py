@@ -1,4 +1,6 @@
-"""The authors' released method hyperparameters per dataset (METHODS.md §2.4, §3.8).
+"""The authors' released method hyperparameters per dataset.
+
+See docs/methods.md#mlb-released-values and docs/methods.md#released-hyperparameters.
 
 `apply(c, dataset, method)` sets them on a config. Where the authors' printed
 commands ([PR]) override the config files (AVE), the command values are used,
@@ -12,36 +14,36 @@ import ml_collections
 # dataset -> method -> {dotted config field: value}
 RELEASED = {
     'cremad': {
-        'mlb': {'balancing.alpha': 0.8, 'balancing.beta_max': 2.0},
+        'mlb': {'balancing.mlb.alpha': 0.8, 'balancing.mlb.beta_max': 2.0},
         'ogm': {'balancing.ogm.alpha': 0.8},
         'ogm_ge': {'balancing.ogm.alpha': 0.8},
         'agm': {'balancing.agm.alpha': 1.5},
         'pmr': {'balancing.pmr.alpha': 1.75, 'balancing.pmr.end_epoch': 70},
-        'mmcosine': {'model.mmcosine_scale': 10.0},
+        'mmcosine': {'model.mmcosine.scale': 10.0},
         'mslr': {'balancing.mslr.keep_epochs': 5},
     },
     'ave': {
-        'mlb': {'balancing.alpha': 2.0, 'balancing.beta_max': 2.0},
+        'mlb': {'balancing.mlb.alpha': 2.0, 'balancing.mlb.beta_max': 2.0},
         'ogm': {'balancing.ogm.alpha': 0.8},
         'ogm_ge': {'balancing.ogm.alpha': 0.8},
         'agm': {'balancing.agm.alpha': 1.0},
         'pmr': {'balancing.pmr.alpha': 1.5},
-        'mmcosine': {'model.mmcosine_scale': 8.0},
+        'mmcosine': {'model.mmcosine.scale': 8.0},
         'mslr': {'balancing.mslr.keep_epochs': 10, 'balancing.mslr.initial': {'audio': 0.7, 'video': 1.3}},
     },
     'ucf101': {
-        'mlb': {'balancing.alpha': 1.0, 'balancing.beta_max': 2.0},
+        'mlb': {'balancing.mlb.alpha': 1.0, 'balancing.mlb.beta_max': 2.0},
         'ogm': {'balancing.ogm.alpha': 1.5},
         'ogm_ge': {'balancing.ogm.alpha': 1.5},
         'agm': {'balancing.agm.alpha': 0.8},
         'pmr': {'balancing.pmr.alpha': 3.0},
-        'mmcosine': {'model.mmcosine_scale': 10.0},   # not released for UCF101: CREMA-D value
+        'mmcosine': {'model.mmcosine.scale': 10.0},   # not released for UCF101: CREMA-D value
         'mslr': {'balancing.mslr.keep_epochs': 5},    # not released for UCF101: CREMA-D value
     },
 }
 
 # AVE with the Mid-MLP head (`--cls nonlinear` in the authors' commands).
-AVE_MID_MLP = {'mlb': {'balancing.alpha': 1.0}, 'agm': {'balancing.agm.alpha': 2.0}}
+AVE_MID_MLP = {'mlb': {'balancing.mlb.alpha': 1.0}, 'agm': {'balancing.agm.alpha': 2.0}}
 
 
 def _set(c: ml_collections.ConfigDict, dotted: str, value) -> None:
@@ -62,6 +64,4 @@ def apply(c: ml_collections.ConfigDict, dataset: str, method: str) -> ml_collect
   if dataset == 'ave' and c.model.fusion == 'mid_mlp':
     for dotted, value in AVE_MID_MLP.get(method, {}).items():
       _set(c, dotted, value)
-  if method == 'mmcosine':
-    c.model.fusion = 'mmcosine'
   return c

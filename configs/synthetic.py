@@ -6,9 +6,12 @@ Variants (comma-separated):
   method=joint|multiloss|mlb|ogm|ogm_ge|mslr|agm|pmr|mmcosine
                                the training method (default mlb); the baselines use
                                the authors' released CREMA-D ResNet hyperparameters
-                               (METHODS.md §3.8), mmcosine also sets model.fusion
+                               (docs/methods.md#released-hyperparameters); a method with
+                               its own fusion (mmcosine) gets it through model.fusion='auto'
   unimodal=audio|video         train one modality alone (its encoder + head only):
                                the reference for "what the modality reaches alone"
+  short                        a demo of about a minute on 2 CPU cores: 3 seeds in one vmapped
+                               step, 400 steps each (<workdir>/seed_0..2)
   smoke                        a few tiny steps, for tests
 Expected (3 seeds, benchmarks/synthetic_compare.py): see the README table.
 """
@@ -17,7 +20,7 @@ from configs import base
 
 
 def get_config(arg=None):
-  args = base.parse_arg(arg, {'method': 'mlb', 'unimodal': '', 'smoke': False})
+  args = base.parse_arg(arg, {'method': 'mlb', 'unimodal': '', 'short': False, 'smoke': False})
   c = base.get_config()
   c.method = args['method']
 
@@ -41,15 +44,13 @@ def get_config(arg=None):
   # {(0.8, 2), (2, 2), (2, 4), (1, 4), (3, 4)} with apply_to='updates'; with Adam,
   # 'gradients' (the authors' placement) left MLB level with Multi-Loss here.
   c.balancing.apply_to = 'updates'
-  c.balancing.alpha = 2.0
-  c.balancing.beta_max = 4.0
+  c.balancing.mlb.alpha = 2.0
+  c.balancing.mlb.beta_max = 4.0
 
-  # Baselines: released CREMA-D ResNet values (METHODS.md §3.8); base.py holds them.
-  if c.method == 'mmcosine':
-    c.model.fusion = 'mmcosine'
+  # Baselines: released CREMA-D ResNet values (docs/methods.md#released-hyperparameters); base.py holds them.
 
   c.model.encoders = {'audio': 'mlp', 'video': 'frames'}
-  c.model.mlp_hidden = (64,)
+  c.model.mlp.hidden = (64,)
   c.model.features = 64
 
   if args['unimodal']:
@@ -63,11 +64,15 @@ def get_config(arg=None):
 
   c.train.num_steps = 800             # ~53 epochs of 15 batches
   c.train.eval_every = 100
+  if args['short']:
+    c.num_seeds = 3
+    c.train.num_steps = 400
+    c.train.eval_every = 50
   if args['smoke']:
     d.num_train, d.num_val, d.num_test = 64, 32, 32
     d.batch_size = d.eval_batch_size = 16
-    c.model.conv_widths = (4, 8)
-    c.model.mlp_hidden = (16,)
+    c.model.conv.widths = (4, 8)
+    c.model.mlp.hidden = (16,)
     c.model.features = 16
     c.train.num_steps = 2
     c.train.eval_every = 2

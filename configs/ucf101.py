@@ -1,17 +1,19 @@
-"""UCF101 (51 classes with audio) with two ResNet-18 encoders (METHODS.md §5.3, §6), any method.
+"""UCF101 (51 classes with audio) with two ResNet-18 encoders, any method.
+
+Data and schedule: docs/methods.md#ucf101, docs/methods.md#schedule-by-dataset.
 
 Run (after `python -m data_pipelines.prepare --dataset=ucf101 ...`):
   python run.py --config=configs/ucf101.py:method=mlb,fold=1 --config.data.dir=/data/ucf_prepared --workdir=w
 Variants: method=... (released hyperparameters, configs/released.py); fold=1|2|3 (the
-official split and the authors' seed 109/19/337); fusion=late_linear|mid_mlp|...; smoke.
-Adam lr 1e-3, wd 1e-4, batch 32, 780 constant-lr warm-up steps (METHODS.md §6).
+official split and the authors' seed 109/19/337); fusion=auto|late_linear|mid_mlp|...; smoke.
+Adam lr 1e-3, wd 1e-4, batch 32, 780 constant-lr warm-up steps (docs/methods.md#training-evaluation-and-reporting).
 """
 
 from configs import base, datasets, paper, released
 
 
 def get_config(arg=None):
-  args = base.parse_arg(arg, {'method': 'mlb', 'fold': '1', 'fusion': 'late_linear', 'smoke': False})
+  args = base.parse_arg(arg, {'method': 'mlb', 'fold': '1', 'fusion': 'auto', 'smoke': False})
   fold = int(args['fold'])
   if fold not in (1, 2, 3):
     raise ValueError(f"fold must be 1, 2 or 3 (the official UCF101 splits), got {args['fold']}")

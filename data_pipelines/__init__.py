@@ -1,21 +1,25 @@
 """Input pipelines, separate from the model: each `load(config.data) -> Dataset`.
 
-`PIPELINES` maps `config.data.name` to a loader.
+`PIPELINES` maps `config.data.name` to the module whose `load` reads it. A
+module is imported only when its dataset is loaded: the in-memory pipelines
+(synthetic, arrays) never import TensorFlow; the prepared datasets read TFDS
+ArrayRecord files.
 """
 
-from data_pipelines import arrays, ave, cremad, synthetic, ucf101
+import importlib
+
 from data_pipelines.common import Dataset
 
 PIPELINES = {
-    'synthetic': synthetic.load,   # embedded benchmark, generated from a seed
-    'arrays': arrays.load,         # a user's .npz: one array per modality + label + split
-    'cremad': cremad.load,         # prepared CREMA-D (python -m data_pipelines.prepare)
-    'ave': ave.load,               # prepared AVE
-    'ucf101': ucf101.load,         # prepared UCF101, classes with audio
+    'synthetic': 'data_pipelines.synthetic',   # embedded benchmark, generated from a seed
+    'arrays': 'data_pipelines.arrays',         # a user's .npz: one array per modality + label + split
+    'cremad': 'data_pipelines.cremad',         # prepared CREMA-D (python -m data_pipelines.prepare)
+    'ave': 'data_pipelines.ave',               # prepared AVE
+    'ucf101': 'data_pipelines.ucf101',         # prepared UCF101, classes with audio
 }
 
 
 def load(data_config) -> Dataset:
   if data_config.name not in PIPELINES:
     raise ValueError(f"unknown data.name '{data_config.name}'; expected one of {sorted(PIPELINES)}")
-  return PIPELINES[data_config.name](data_config)
+  return importlib.import_module(PIPELINES[data_config.name]).load(data_config)

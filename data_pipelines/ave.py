@@ -1,4 +1,4 @@
-"""AVE (Audio-Visual Event) from its published layout (METHODS.md §5.2).
+"""AVE (Audio-Visual Event) from its published layout (docs/methods.md#ave).
 
 Raw folder (the `--raw_dir` of prepare; the AVE_Dataset download):
   AVE/<VideoID>.mp4
@@ -13,6 +13,13 @@ that rule: 3,312 / 401 / 402; trainSet.txt line 64 (VWi2ENBuTbw, segment
 [0, 0]) is empty and needs --skip_bad.
 
 28 classes in the reference's code order (`CLASSES`).
+
+A clip must cover its event segment: its audio track and its video must each
+last until the segment's end to within `END_TOLERANCE` (0.5 s; for the video,
+one frame interval where that is longer), so a 9.8 s download of a [0, 10] s
+event is kept but a 0.6 s one is not. A shorter clip stops the build with an
+error naming the file, its duration and the segment (with --skip_bad it is
+listed in skipped.tsv), rather than being looped and filled from what there is.
 
 Preprocessing (once, at prepare time):
   audio  the container's audio at 16 kHz (channels averaged), cut to the
@@ -52,6 +59,9 @@ SAMPLE_RATE = 16000
 CLIP_SECONDS = 10
 NPERSEG, NOVERLAP = 512, 353
 NUM_FRAMES = 4
+END_TOLERANCE = 0.5  # s: how far before the event segment's end a clip may stop
+LAYOUT = tfds_builders.Layout('AVE', ('AVE/',) + tuple(SPLIT_FILES.values()),
+                              'AVE/<VideoID>.mp4, ' + ', '.join(SPLIT_FILES.values()))
 AUDIO_SHAPE = (1 + NPERSEG // 2, 1 + (SAMPLE_RATE * CLIP_SECONDS - NPERSEG) // (NPERSEG - NOVERLAP))
 
 
@@ -111,13 +121,10 @@ def scan(raw_dir: str) -> tfds_builders.Scan:
   """The events of the three split files, each pointing at AVE/<id>.mp4.
 
   Raises:
-    FileNotFoundError: `raw_dir`, `AVE/` or a split file is missing.
+    FileNotFoundError: `raw_dir`, `AVE/` or a split file is missing (`LAYOUT`).
   """
+  LAYOUT.check(raw_dir)
   video_dir = os.path.join(raw_dir, 'AVE')
-  for d in (raw_dir, video_dir):
-    if not os.path.isdir(d):
-      raise FileNotFoundError(f'{d}: missing folder; the AVE layout is <raw_dir>/AVE/*.mp4 and '
-                              '<raw_dir>/{trainSet,valSet,testSet}.txt')
   by_split, bad, excluded = {}, [], []
   for split, filename in SPLIT_FILES.items():
     events, repeats, malformed = read_annotations(os.path.join(raw_dir, filename))
@@ -140,6 +147,9 @@ def scan(raw_dir: str) -> tfds_builders.Scan:
 def encode(event: Event) -> dict:
   """One record: float16 log-PSD [257, 1004] of the segment and 4 JPEG frames. Raises media.BadInput."""
   wave = media.read_audio_track(event.mp4, SAMPLE_RATE, channel='mean')
+  if len(wave) / SAMPLE_RATE < event.end - END_TOLERANCE:
+    raise media.BadInput(event.mp4, f'the audio track lasts {len(wave) / SAMPLE_RATE:.2f} s, shorter than '
+                                    f'the event segment [{event.start:g}, {event.end:g}) s ({event.line})')
   segment = wave[int(round(event.start * SAMPLE_RATE)):int(round(event.end * SAMPLE_RATE))]
   if len(segment) == 0:
     raise media.BadInput(event.mp4, f'no audio in the event segment [{event.start:g}, {event.end:g}) s '
@@ -148,8 +158,11 @@ def encode(event: Event) -> dict:
                               SAMPLE_RATE, NPERSEG, NOVERLAP)
   if not np.all(np.isfinite(audio)):
     raise media.BadInput(event.mp4, 'audio decodes to NaN or Inf values')
-  rgb = media.frames_at_1fps(event.mp4, NUM_FRAMES, start=event.start, end=event.end,
-                             fill_seed=zlib.crc32(event.id.encode()))
+  try:
+    rgb = media.frames_at_1fps(event.mp4, NUM_FRAMES, start=event.start, end=event.end,
+                               fill_seed=zlib.crc32(event.id.encode()), end_tolerance=END_TOLERANCE)
+  except media.TooShort as e:
+    raise media.BadInput(e.path, f'{e.problem} ({event.line})') from e
   return {'id': event.id, 'label': event.label, 'audio': audio.astype(np.float16),
           'frames': [media.encode_jpeg(f) for f in rgb]}
 

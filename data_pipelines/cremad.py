@@ -1,4 +1,4 @@
-"""CREMA-D from its published layout (METHODS.md §5.1).
+"""CREMA-D from its published layout (docs/methods.md#crema-d).
 
 Raw folder (the `--raw_dir` of prepare):
   AudioWAV/<Actor>_<Sentence>_<Emotion>_<Level>.wav   16 kHz mono, e.g. 1026_IEO_ANG_HI.wav

@@ -1,4 +1,4 @@
-"""Pretrained-feature inputs of the paper's Conformer models (METHODS.md §4.4), for users
+"""Pretrained-feature inputs of the paper's Conformer models (docs/methods.md#conformer-encoder), for users
 who have the pretrained weights locally.
 
 Three steps; the first two need PyTorch (`pip install torch==2.13.0`) and, for
@@ -30,7 +30,7 @@ out of attention, BatchNorm statistics and the time mean. Per-clip files of
 steps 1-2 are `<out_dir>/<clip>.npy`, float32 [T, D].
 
 Normalisation as the authors: the waveform is resampled to 16 kHz and
-standardised with the fold's training mean/std (METHODS.md §5.1, below); face
+standardised with the fold's training mean/std (docs/methods.md#crema-d, below); face
 embeddings are standardised per dimension with the training clips' statistics
 in `pack`. The authors fine-tune wav2vec 2.0's transformer layers; precomputed
 features keep it frozen, which is what a feature file can offer.

@@ -131,23 +131,30 @@ def read_audio_track(path: str, sample_rate: int, *, channel: str = 'mean') -> n
 
 
 def frames_at_1fps(path: str, num_frames: int, *, start: float = 0.0, end: float | None = None,
-                   fill_seed: int | None = 0) -> np.ndarray:
+                   fill_seed: int | None = 0, end_tolerance: float | None = None) -> np.ndarray:
   """`num_frames` RGB frames sampled at 1 fps from the segment [start, end) s.
 
   The reference extracts the first frame of every second and loads the first
-  `num_frames` in time order (METHODS.md §5.1-5.2). When the segment is too
+  `num_frames` in time order (docs/methods.md#crema-d, #ave). When the segment is too
   short to give that many, it adds random frames of the segment; here they are
   drawn from a generator seeded with `fill_seed`, so a rebuild gives the same
   frames, and the result is put back in time order. `fill_seed=None` adds
   none (UCF101: the reference drops such clips).
+
+  With `end` and `end_tolerance`, the video must last until `end` to within
+  max(end_tolerance, one frame interval) seconds, by the duration its header
+  declares and, when it decodes to its last frame first, by the frames
+  decoded: a clip shorter than its segment is refused, not filled from the
+  frames it has.
 
   Returns:
     uint8 [num_frames, H, W, 3].
 
   Raises:
     BadInput: unreadable file or no video stream.
-    TooShort: fewer than `num_frames` decodable frames in the segment, or
-      (without fill) fewer than `num_frames` 1-fps frames.
+    TooShort: fewer than `num_frames` decodable frames in the segment, (without
+      fill) fewer than `num_frames` 1-fps frames, or (`end_tolerance`) a video
+      that ends before the segment does.
   """
   segment, picked, next_second, decoded = [], [], start, 0
   with _open(path) as container:
@@ -157,6 +164,10 @@ def frames_at_1fps(path: str, num_frames: int, *, start: float = 0.0, end: float
     if not stream.average_rate:
       raise BadInput(path, 'video stream has no frame rate')
     rate = float(stream.average_rate)
+    reach = None if end is None or end_tolerance is None else end - max(end_tolerance, 1 / rate)
+    declared = _declared_seconds(container, stream)
+    if reach is not None and declared is not None and declared < reach:
+      raise TooShort(path, f'the video lasts {declared:.2f} s, shorter than the segment [{start:g}, {end:g}) s')
     try:
       for i, frame in enumerate(container.decode(stream)):
         # Time from the frame count, as OpenCV-based extraction counts frames: AVI
@@ -172,10 +183,14 @@ def frames_at_1fps(path: str, num_frames: int, *, start: float = 0.0, end: float
           next_second = start + math.floor(t - start + _TIME_EPS) + 1
           if len(picked) == num_frames:
             break
+      else:  # the stream ended
+        if reach is not None and decoded / rate < reach:
+          raise TooShort(path, f'the video lasts {decoded / rate:.2f} s, shorter than the segment '
+                               f'[{start:g}, {end:g}) s')
     except av.error.FFmpegError as e:
       raise BadInput(path, f'corrupt video stream after {decoded} frames ({e})') from e
     if len(picked) < num_frames:
-      _check_complete(path, container, stream, decoded / rate, end)
+      _check_complete(path, declared, decoded / rate, end)
       if fill_seed is None:
         raise TooShort(path, f'{len(picked)} frames at 1 fps; needs {num_frames}')
       if len(segment) < num_frames:
@@ -187,14 +202,19 @@ def frames_at_1fps(path: str, num_frames: int, *, start: float = 0.0, end: float
     return np.stack([segment[i].to_ndarray(format='rgb24') for i in picked])
 
 
-def _check_complete(path: str, container, stream, decoded_seconds: float, end: float | None) -> None:
+def _declared_seconds(container, stream) -> float | None:
+  """The duration the header declares for `stream` (else for the container), if any."""
+  if stream.duration is not None:
+    return float(stream.duration * stream.time_base)
+  if container.duration is not None:
+    return container.duration / av.time_base
+  return None
+
+
+def _check_complete(path: str, declared: float | None, decoded_seconds: float, end: float | None) -> None:
   """Raises BadInput when decoding stopped well before the duration the header
   declares (a truncated file decodes without error, just shorter)."""
-  if stream.duration is not None:
-    declared = float(stream.duration * stream.time_base)
-  elif container.duration is not None:
-    declared = container.duration / av.time_base
-  else:
+  if declared is None:
     return
   expected = min(declared, end) if end is not None else declared
   if expected - decoded_seconds > max(0.5, 0.1 * expected):

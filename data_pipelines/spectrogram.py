@@ -1,4 +1,4 @@
-"""Fixed-length waveforms and the authors' log spectrograms (METHODS.md §5).
+"""Fixed-length waveforms and the authors' log spectrograms (docs/methods.md#data).
 
   CREMA-D  22.05 kHz, looped to 3 s, log |STFT| (n_fft 512, hop 353)   -> [257, 188]
   AVE      16 kHz event segment looped to 10 s, log scipy PSD spectrogram
@@ -60,7 +60,7 @@ def log_stft(wave: np.ndarray, n_fft: int = 512, hop: int = 353) -> np.ndarray:
 
 def log_psd(wave: np.ndarray, sample_rate: int = 16000, nperseg: int = 512,
             noverlap: int = 353) -> np.ndarray:
-  """log(|PSD| + 1e-7) from `scipy.signal.spectrogram` with its defaults (AVE, METHODS.md §5.2).
+  """log(|PSD| + 1e-7) from `scipy.signal.spectrogram` with its defaults (AVE, docs/methods.md#ave).
 
   Tukey(0.25) window, constant detrend, one-sided density scaling. Values are
   clipped to [-1, 1] first.

@@ -47,7 +47,7 @@ def clip_id_of(entry: str) -> str:
 
 def read_split_json(path: str, fold: int | None = None) -> dict[str, list[str]]:
   """A user split file: {"train": [...], "val": [...], "test": [...]} or folds of those
-  keyed "1".."K" (the VAVL layout, METHODS.md §5.1), entries `<id>` or `<id>.wav[-N]`.
+  keyed "1".."K" (the VAVL layout, docs/methods.md#crema-d), entries `<id>` or `<id>.wav[-N]`.
 
   Args:
     path: the JSON file.

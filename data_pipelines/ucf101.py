@@ -1,4 +1,4 @@
-"""UCF101 restricted to the classes whose videos carry audio (METHODS.md §5.3).
+"""UCF101 restricted to the classes whose videos carry audio (docs/methods.md#ucf101).
 
 Raw folder (the `--raw_dir` of prepare):
   UCF-101/<Class>/v_<Class>_gXX_cYY.avi        the videos (UCF101.rar)
@@ -15,8 +15,16 @@ classInd.txt order, numbered 0.. among themselves. Videos without an audio
 track, with no audio samples, or with fewer than 4 frames at 1 fps (shorter
 than about 3 s) are left out and listed with the reason in `excluded.tsv`;
 `python -m data_pipelines.prepare` prints the resulting class list, and it is
-stored in the dataset's metadata (`classes`). `config.data.num_classes` (51)
-is checked against it at load time.
+stored in the dataset's metadata (`classes`).
+
+A partial copy is fine (e.g. only the class folders with audio): classInd.txt
+classes without a folder are left out, listed in `excluded.tsv` and the
+metadata (`missing_classes`). The build expects `NUM_CLASSES` (51) classes,
+or prepare's `--num_classes`: a copy where another number of classes has
+videos with an audio track (checked before anything is built), or keeps a
+usable clip (checked after decoding), stops with an error giving both
+numbers. `config.data.num_classes` (51) is checked against the stored classes
+at load time, so give both the same number.
 
 Preprocessing (once, at prepare time):
   audio  16 kHz, first channel, the first 3 s (48,000 samples; zero-padded if the
@@ -26,7 +34,7 @@ Preprocessing (once, at prepare time):
 At read time: [4, S, S, 3] RGB scaled to [0, 1] and ImageNet-normalised, with
 one RandomResizedCrop + flip for the whole clip on train. This departs from
 the reference, which feeds BGR values in 0-255 to the ImageNet normalisation
-(METHODS.md §7 item 4).
+(docs/methods.md#known-pitfalls-of-the-reference-implementations, item 4).
 
 Splits: official split `config.data.fold` (1-3): trainlist0k / testlist0k,
 restricted to the prepared clips. Validation holds out round(val_fraction *
@@ -45,6 +53,7 @@ from typing import NamedTuple
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from tqdm import tqdm
 
 from data_pipelines import media, spectrogram, splits, tfds_builders
@@ -60,6 +69,11 @@ AUDIO_SAMPLES = (NUM_FRAMES - 1) * SAMPLE_RATE  # the reference's (num_frame - 1
 N_FFT, HOP = 512, 353
 AUDIO_SHAPE = (1 + N_FFT // 2, 1 + AUDIO_SAMPLES // HOP)  # (257, 136)
 MIN_AUDIO_SAMPLES = 2  # the reference drops tracks shorter than 2 samples (its "no audio" marker)
+NUM_CLASSES = 51  # the classes with audio in the reference's copy (config.data.num_classes)
+LIST_FILES = ('classInd.txt',) + tuple(f'{s}list0{k}.txt' for s in ('train', 'test') for k in FOLDS)
+LAYOUT = tfds_builders.Layout(
+    'UCF101', ('UCF-101/',) + tuple(f'ucfTrainTestlist/{f}' for f in LIST_FILES),
+    'UCF-101/<Class>/*.avi, ucfTrainTestlist/classInd.txt, ucfTrainTestlist/{train,test}list0{1,2,3}.txt')
 _FILE_RE = re.compile(r'^v_(.+)_g(\d+)_c(\d+)\.avi$')
 
 
@@ -117,24 +131,28 @@ def read_split_list(path: str) -> list[str]:
 def scan(raw_dir: str, progress: bool = False) -> tfds_builders.Scan:
   """Opens every video of the classInd classes to find the classes with audio.
 
+  A classInd.txt class without a folder is left out and listed (`excluded`,
+  metadata `missing_classes`).
+
   Raises:
-    FileNotFoundError: `raw_dir`, `UCF-101/`, `ucfTrainTestlist/`, a list file
-      or a class folder is missing.
+    FileNotFoundError: `raw_dir`, `UCF-101/` or a list file is missing (`LAYOUT`).
   """
+  LAYOUT.check(raw_dir)
   video_dir, list_dir = os.path.join(raw_dir, 'UCF-101'), os.path.join(raw_dir, 'ucfTrainTestlist')
-  for d in (raw_dir, video_dir, list_dir):
-    if not os.path.isdir(d):
-      raise FileNotFoundError(f'{d}: missing folder; the UCF101 layout is <raw_dir>/UCF-101/<Class>/*.avi '
-                              'and <raw_dir>/ucfTrainTestlist/')
   names = read_class_index(os.path.join(list_dir, 'classInd.txt'))
   official = {k: {'train': read_split_list(os.path.join(list_dir, f'trainlist0{k}.txt')),
                   'test': read_split_list(os.path.join(list_dir, f'testlist0{k}.txt'))} for k in FOLDS}
-  videos = []
+  videos, missing, excluded = [], [], []
   for name in names:
     folder = os.path.join(video_dir, name)
     if not os.path.isdir(folder):
-      raise FileNotFoundError(f'{folder}: missing class folder (classInd.txt lists {name})')
+      missing.append(name)
+      excluded.append((folder, f'no class folder in this copy (classInd.txt lists {name})'))
+      continue
     videos += [f'{name}/{f}' for f in sorted(os.listdir(folder)) if f.endswith('.avi')]
+  if missing:
+    logging.warning('%s: %d of the %d classInd.txt classes have no folder and are left out (%s)',
+                    video_dir, len(missing), len(names), ', '.join(missing))
   with_audio, bad = {}, []
   for clip_id in tqdm(videos, desc='ucf101 audio tracks', unit='video', disable=not progress):
     try:
@@ -142,7 +160,7 @@ def scan(raw_dir: str, progress: bool = False) -> tfds_builders.Scan:
     except media.BadInput as e:
       bad.append((e.path, e.problem))
   classes = [c for c in names if any(v for k, v in with_audio.items() if class_of(k) == c)]
-  clips, excluded = [], []
+  clips = []
   for clip_id, has_audio in with_audio.items():
     path = os.path.join(video_dir, clip_id)
     if has_audio:
@@ -150,7 +168,7 @@ def scan(raw_dir: str, progress: bool = False) -> tfds_builders.Scan:
     else:
       excluded.append((path, 'no audio track'))
   scanned = {c.id for c in clips}
-  metadata = {'dataset': NAME, 'classes': classes, 'num_frames': NUM_FRAMES,
+  metadata = {'dataset': NAME, 'classes': classes, 'missing_classes': missing, 'num_frames': NUM_FRAMES,
               'official_splits': {str(k): {s: [i for i in ids if i in scanned] for s, ids in v.items()}
                                   for k, v in official.items()},
               'preprocessing': {'sample_rate': SAMPLE_RATE, 'audio_samples': AUDIO_SAMPLES,
@@ -180,12 +198,34 @@ class Builder(tfds_builders.AVBuilder, skip_registration=True):
   VERSION = tfds.core.Version(VERSION)
   encode = encode
 
+  def __init__(self, *, num_classes: int | None = NUM_CLASSES, **kwargs):
+    """`num_classes`: the classes the copy must give (None: any); see `AVBuilder`."""
+    super().__init__(num_classes=num_classes, **kwargs)
+
   def features(self) -> dict:
     # The class count is known only after the scan, so the label is a plain integer.
     return tfds_builders.record_features(AUDIO_SHAPE, tfds.features.Tensor(shape=(), dtype=np.int64))
 
   def scan(self, raw_dir: str) -> tfds_builders.Scan:
     return scan(raw_dir, progress=self._progress)
+
+  def _wrong_count(self, raw_dir: str, classes: list[str], what: str, note: str) -> ValueError:
+    return ValueError(f"{raw_dir}: {len(classes)} UCF101 classes {what} ({', '.join(classes)}), expected "
+                      f'{self._num_classes} (--num_classes, config.data.num_classes){note}')
+
+  def check_classes(self, raw_dir: str, found: tfds_builders.Scan) -> None:
+    classes, missing = found.metadata['classes'], found.metadata['missing_classes']
+    if self._num_classes is not None and len(classes) != self._num_classes:
+      note = f'; {len(missing)} classInd.txt classes have no folder in this copy' if missing else ''
+      raise self._wrong_count(raw_dir, classes, 'have videos with an audio track', note)
+
+  def check_built(self, raw_dir: str, labels: set[int]) -> None:
+    """A class whose every clip was skipped or excluded at decoding leaves the count short."""
+    classes = self.info.metadata['classes']
+    if self._num_classes is not None and len(labels) != self._num_classes:
+      lost = [c for k, c in enumerate(classes) if k not in labels]
+      raise self._wrong_count(raw_dir, [c for k, c in enumerate(classes) if k in labels], 'keep a usable clip',
+                              f"; every clip of {', '.join(lost)} was unusable or too short")
 
 
 def assign_splits(cfg, official: dict) -> dict[str, list[str]]:

@@ -1,7 +1,7 @@
 """Prediction analyses behind the paper's figures (numpy, on saved test logits).
 
-* `agreement`: the unimodal agreement analysis of Figure 4 (METHODS.md §6,
-  "Figure-4 style agreement analysis"). Test samples are binned by which
+* `agreement`: the unimodal agreement analysis of Figure 4
+  (docs/methods.md#agreement-analysis). Test samples are binned by which
   unimodal predictions are right -- for audio and video: both wrong, only
   audio right, only video right, both right -- and the fused accuracy is
   reported in every bin. With M > 2 modalities there are 2^M bins, one per

@@ -92,6 +92,14 @@ def restore(mngr: ocp.CheckpointManager, template_state, data_iter=None,
   return out.state, out.meta
 
 
+def restore_meta(mngr: ocp.CheckpointManager, step: int | None = None) -> dict:
+  """The metadata record of `step` (default: latest) alone, without the state: what it was trained with."""
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {mngr.directory}')
+  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+
 def restore_latest(mngr: ocp.CheckpointManager, template_state, data_iter=None) -> tuple[Any, dict, int]:
   """(state, meta, step) of the newest step that restores, warning about each newer one that does not.
 

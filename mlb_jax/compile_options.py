@@ -1,25 +1,30 @@
-"""XLA compiler options the library's jitted steps are compiled with.
+"""XLA compiler options of the library's jitted steps, by `config.model.kernels`.
 
-`jit_options()` returns the `compiler_options` for `jax.jit` on the default
-backend. On the CPU backend XLA hands dot products, reductions and
-convolutions to YNNPACK by default; its convolutions (forward and both
-gradients) are about half as fast as XLA's own Eigen convolutions on the
-ResNet-18 layers of the paper (e.g. a 3 x 3, 64-channel layer on 56 x 56 maps of
-24 frames: 67 ms against 35 ms forward). The CPU options keep YNNPACK for dot
-products and reductions and leave convolutions to XLA:
+`jit_options(kernels)` returns the `compiler_options` for `jax.jit` that go with
+the encoders' kernels, `kernels` being the resolved `config.model.kernels`
+(`mlb_jax.models.resolve_kernels`):
 
-  {'xla_cpu_experimental_ynn_fusion_type':
-       'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+  * 'cpu' (the CPU formulations of `mlb_jax/models/cpu_kernels.py`): XLA:CPU
+    hands dot products, reductions and convolutions to YNNPACK by default; its
+    convolutions (forward and both gradients) are about half as fast as XLA's
+    own Eigen convolutions on the ResNet-18 layers of the paper (e.g. a 3 x 3,
+    64-channel layer on 56 x 56 maps of 24 frames: 67 ms against 35 ms
+    forward). The CPU options keep YNNPACK for dot products and reductions and
+    leave convolutions to XLA:
 
-Only the kernels differ (results agree to float rounding). Other backends get
-no options. The option is checked once per process by compiling a tiny
-program with it; a jaxlib that no longer knows it gets no options and a
-warning, never a failure.
+      {'xla_cpu_experimental_ynn_fusion_type':
+           'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
 
-Steps built by `mlb_jax.steps` and `mlb_jax.multiseed` use these options; to
-compile your own function the same way:
+    Only the kernels differ (results agree to float rounding). The option is
+    checked once per process by compiling a tiny program with it; a jaxlib that
+    no longer knows it gets no options and a warning, never a failure.
+  * 'plain': no options.
 
-  jax.jit(fn, compiler_options=compile_options.jit_options())
+The training build resolves `config.model.kernels` once and passes these options
+to every step it jits; to compile your own function the same way:
+
+  kernels = models.resolve_kernels(config.model.kernels)
+  jax.jit(fn, compiler_options=compile_options.jit_options(kernels))
 """
 
 import functools
@@ -33,6 +38,8 @@ from absl import logging
 CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
                'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
 
+KERNELS = ('plain', 'cpu')
+
 
 @functools.cache
 def _cpu_options_supported() -> bool:
@@ -45,9 +52,14 @@ def _cpu_options_supported() -> bool:
   return True
 
 
-def jit_options(backend: str | None = None) -> dict:
-  """`compiler_options` for `jax.jit` on `backend` (default: JAX's default backend)."""
-  backend = backend or jax.default_backend()
-  if backend == 'cpu' and _cpu_options_supported():
+def jit_options(kernels: str) -> dict:
+  """`compiler_options` for `jax.jit` with the encoders' `kernels` ('plain' | 'cpu',
+  the resolved `config.model.kernels`).
+
+  'cpu': `CPU_OPTIONS` where XLA accepts them (checked once), else {}; 'plain': {}.
+  """
+  if kernels not in KERNELS:
+    raise ValueError(f"unknown kernels '{kernels}' (the resolved model.kernels); expected one of {list(KERNELS)}")
+  if kernels == 'cpu' and _cpu_options_supported():
     return dict(CPU_OPTIONS)
   return {}

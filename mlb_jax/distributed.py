@@ -16,6 +16,7 @@ import threading
 from typing import Mapping, NamedTuple
 
 import jax
+from absl import logging
 from jax.experimental import multihost_utils
 
 # Read when the matching run.py flag is not given (JAX itself also reads JAX_COORDINATOR_ADDRESS).
@@ -64,31 +65,41 @@ def initialize(config: Settings | None) -> None:
 
 
 class PreemptionWatch:
-  """A context manager; `requested(step)` is True once a stop was asked for (SIGTERM).
+  """A context manager; `requested(step)` is True once a stop was asked for (SIGTERM or Ctrl-C).
 
-  With one process it installs a SIGTERM handler that only sets a flag (the
-  previous handler is put back on exit; outside the main thread, where Python
-  allows no handler, SIGTERM keeps its default); with several it asks JAX's
-  preemption sync point, which answers True at the same step on every process.
+  With one process it installs handlers for SIGTERM and SIGINT that only set a
+  flag, so the loop saves at the next step boundary and stops; a second Ctrl-C
+  stops at once (KeyboardInterrupt). The previous handlers are put back on
+  exit; outside the main thread, where Python allows no handler, both signals
+  keep their defaults. With several processes it asks JAX's preemption sync
+  point, which answers True at the same step on every process.
   """
+
+  SIGNALS = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'Ctrl-C (SIGINT)'}
 
   def __init__(self):
     self._stop = False
-    self._previous = None
+    self._previous = {}
+    self.signal_name = 'SIGTERM'
 
   def __enter__(self) -> 'PreemptionWatch':
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+      self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
     return self
 
   def __exit__(self, *exc) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+    self._previous = {}
 
   def _on_signal(self, signum, frame) -> None:
-    del signum, frame
+    del frame
+    if self._stop and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # the second Ctrl-C: stop now
     self._stop = True
+    self.signal_name = self.SIGNALS.get(signum, str(signum))
+    if signum == signal.SIGINT:
+      logging.warning('stopping: saving a checkpoint at the next step (Ctrl-C again to stop at once)')
 
   def requested(self, step: int) -> bool:
     if jax.process_count() > 1:

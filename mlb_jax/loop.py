@@ -1,179 +1,149 @@
-"""The training driver: sequences build, step, evaluate, checkpoint and log.
+"""The training driver: one loop for one seed or many, from build to results.json.
+
+    train_and_evaluate(config, workdir)          config.num_seeds seeds; one seed trains in
+                                                 `workdir`, S > 1 in `<workdir>/seed_<seed>/`
+    train_and_evaluate_many(configs, workdirs)   runs that differ only in seed and data, trained
+                                                 together (the experiment runner's variants)
+    evaluate(config, workdir, split=...)         the best checkpoint(s) again
+
+One seed runs the single-run step (data parallel over every device); S seeds run
+one vmapped step over S stacked states (`mlb_jax.build`). The loop is the same
+for both: every replica has its own data order, epoch updates, validation,
+checkpoints and files, exactly those of its own single run (the vmapped program
+sums in another order, so results agree to float rounding).
 
 This is the only library module that touches files, clocks and loggers; the
 math lives in pure functions (`balancing`, `losses`, `optim`, `steps`).
 """
 
-import functools
+import contextlib
 import json
 import math
 import os
 import time
-from typing import Any, Mapping, NamedTuple
+from typing import Callable, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-import data_pipelines
 from data_pipelines import common
-from mlb_jax import (balancing, checkpointing, distributed, losses, metrics, models, optim, runtime, sharding,
-                     steps)
-from mlb_jax import train_state as train_state_lib
-from mlb_jax.train_state import TrainState, create_train_state, parameter_count
+from mlb_jax import (balancing, build as build_lib, checkpointing, config_diff, console, distributed, losses, metrics,
+                     runtime, summary, workdir as workdir_lib)
+from mlb_jax.build import Experiment
+from mlb_jax.train_state import TrainState, parameter_count
 
 RESULTS = 'results.json'
-HISTORY = 'metrics.jsonl'  # one JSON object per log/eval event (after a resume a step may repeat: last wins)
+HISTORY = 'metrics.jsonl'  # one JSON object per log/eval event; a resume drops the rows after the restored step
 PREDICTIONS = 'test_predictions.npz'  # logits of every head and labels, best checkpoint
 PROFILE = 'profile'  # profiler traces of config.profile_steps
 SPLITS = ('train', 'val', 'test')
+MAY_DIFFER = ('seed', 'num_seeds', 'data')  # config fields the runs of one vmapped step may set differently
 
 
 class Preempted(Exception):
-  """Training stopped on request (SIGTERM) after saving `checkpoints/last` at `step`."""
+  """Training stopped on request (SIGTERM, or Ctrl-C) after saving `checkpoints/last` at `step`."""
 
-  def __init__(self, step: int, directory: str):
-    super().__init__(f'stopped by SIGTERM at step {step}; saved {directory}; '
+  def __init__(self, step: int, directory: str, signal_name: str = 'SIGTERM'):
+    super().__init__(f'stopped by {signal_name} at step {step}; saved {directory}; '
                      'run the same command again to resume')
     self.step = step
-
-
-class Experiment(NamedTuple):
-  """Everything built from a config, before any step runs."""
-  config: ml_collections.ConfigDict
-  dataset: common.Dataset
-  modalities: tuple[str, ...]
-  model: Any
-  method: balancing.Method
-  tx: Any
-  loss_weights: dict[str, float]
-  init: Any = None   # train_state.make_init(model, tx, method): compiled once, used by `initial_state`
+    self.signal_name = signal_name
 
 
 def check_workdir(workdir: str) -> str:
-  """The absolute workdir; its parent must exist (it is created itself)."""
+  """The absolute workdir; it must be a directory if it exists."""
   path = os.path.abspath(workdir)
-  parent = os.path.dirname(path)
-  if not os.path.isdir(parent):
-    raise FileNotFoundError(f"workdir parent '{parent}' does not exist (workdir '{workdir}')")
   if os.path.exists(path) and not os.path.isdir(path):
     raise NotADirectoryError(f"workdir '{workdir}' exists and is not a directory")
   return path
 
 
-def resolve_modalities(config, dataset: common.Dataset) -> tuple[str, ...]:
-  """`config.modalities` (or all of the dataset's), checked against the dataset."""
-  wanted = tuple(config.modalities) or tuple(dataset.modalities)
-  unknown = [m for m in wanted if m not in dataset.modalities]
-  if unknown:
-    raise ValueError(f'config.modalities names {unknown}, which the dataset '
-                     f"'{config.data.name}' does not have; it has {list(dataset.modalities)}")
-  if len(wanted) < 2:
-    raise ValueError(f'a multimodal model needs at least 2 modalities, got {list(wanted)}')
-  return wanted
+def seed_workdir(workdir: str, seed: int) -> str:
+  return os.path.join(workdir, f'seed_{seed}')
 
 
-def build(config, *, dataset: common.Dataset | None = None) -> Experiment:
-  """Validates `config` and builds dataset, model, method and optimizer.
+def replica_configs(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+  """The single-run configs of `config.num_seeds` seeds: seed + s, num_seeds = 1."""
+  out = []
+  for s in range(config.num_seeds):
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.seed, c.num_seeds = config.seed + s, 1
+    out.append(c)
+  return out
 
-  Every name in the config (method, pipeline, modality, encoder, fusion,
-  optimizer, schedule, score, apply_to) is checked here, before training.
-  `dataset`: the already loaded dataset of `config.data` (e.g. shared by seeds
-  that draw the same data), instead of loading it again.
+
+def run_workdirs(config, workdir: str) -> list[str]:
+  """Where each seed of `config` writes: `workdir` for one seed, `<workdir>/seed_<seed>/` for several."""
+  if config.num_seeds == 1:
+    return [check_workdir(workdir)]
+  return [seed_workdir(check_workdir(workdir), c.seed) for c in replica_configs(config)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Replicas: one state, or S stacked ones.
+
+
+def stack(trees: Sequence):
+  """[S, ...] leaves from S pytrees of the same structure."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree, index: int):
+  """Replica `index` of a stacked pytree."""
+  return jax.tree.map(lambda x: x[index], tree)
+
+
+def split_replicas(training: build_lib.Training, state) -> list:
+  return [state] if training.num_replicas == 1 else [unstack(state, s) for s in range(training.num_replicas)]
+
+
+def join_replicas(training: build_lib.Training, states: Sequence):
+  if training.num_replicas == 1:
+    return states[0]
+  stacked = stack(states)
+  return stacked if training.mesh is None else jax.device_put(stacked, NamedSharding(training.mesh, P(build_lib.SEED)))
+
+
+def replica_history(history: Sequence[Mapping], index: int, num_replicas: int) -> list[dict[str, float]]:
+  """Replica `index`'s scalars of the step metrics (scalars, or [S] arrays when S > 1)."""
+  if num_replicas == 1:
+    return [{k: float(v) for k, v in m.items()} for m in history]
+  return [{k: float(np.asarray(v)[index]) for k, v in m.items()} for m in history]
+
+
+def check_replicas(exps: Sequence[Experiment]) -> None:
+  """Raises ValueError unless one compiled step serves every run.
+
+  Their configs may differ only in `MAY_DIFFER`; the datasets must give the
+  same modalities, shapes, classes and steps per epoch (epoch windows of the
+  methods are steps compiled into the step).
   """
-  if config.method not in balancing.METHODS:
-    raise ValueError(f"unknown method '{config.method}'; expected one of {sorted(balancing.METHODS)}")
-  if config.balancing.apply_to not in optim.APPLY_TO:
-    raise ValueError(f"unknown balancing.apply_to '{config.balancing.apply_to}'; "
-                     f'expected one of {list(optim.APPLY_TO)}')
-  if config.num_seeds < 1:
-    raise ValueError(f'num_seeds must be >= 1, got {config.num_seeds}')
-  runtime.parse_profile_steps(config.profile_steps)
-  dataset = dataset or data_pipelines.load(config.data)
-  modalities = resolve_modalities(config, dataset)
-  if config.train.select_head not in (losses.FUSED, *modalities):
-    raise ValueError(f"train.select_head '{config.train.select_head}' is not a head; expected one of "
-                     f'{[losses.FUSED, *modalities]}')
-  model, method, tx, weights = build_training(
-      config, modalities, dataset.sample_shapes, dataset.num_classes,
-      common.steps_per_epoch(len(dataset.splits['train']), config.data.batch_size))
-  return Experiment(config, dataset, modalities, model, method, tx, weights,
-                    init=train_state_lib.make_init(model, tx, method))
+  def key(exp):
+    c = exp.config.to_dict()
+    return ({k: v for k, v in c.items() if k not in MAY_DIFFER}, build_lib.data_spec(exp.config, exp.dataset),
+            exp.config.data.batch_size)
+
+  first = key(exps[0])
+  for exp in exps[1:]:
+    other = key(exp)
+    if other != first:
+      fields = sorted(k for k in set(first[0]) | set(other[0]) if first[0].get(k) != other[0].get(k))
+      raise ValueError(
+          'the seeds of one vmapped step must share everything but '
+          f'{list(MAY_DIFFER)}; seed {exp.config.seed} differs from seed {exps[0].config.seed} in '
+          f"{fields or 'its data (modalities, shapes, classes, batch size or steps per epoch)'}; "
+          'train them with num_seeds=1')
 
 
-def build_training(config, modalities, sample_shapes, num_classes: int, steps_per_epoch: int):
-  """(model, method, optimizer, loss weights) of `config` for data of these shapes.
-
-  The part of `build` that needs no dataset: benchmarks on random batches use it
-  to get exactly the step a run of `config` takes.
-  """
-  model = models.build_model(config.model, modalities, sample_shapes, num_classes, dtype=config.dtype)
-  ctx = balancing.MethodContext(steps_per_epoch=steps_per_epoch, num_classes=num_classes,
-                                feature_dims=feature_dims(model, sample_shapes, modalities),
-                                fusion=config.model.fusion)
-  method = balancing.make_method(config.method, modalities, config.balancing, ctx)
-  labels = functools.partial(optim.modality_labels, heads_scaled=not method.detach_unimodal,
-                             kernels_only=method.scale_kernels_only)
-  tx = optim.make_optimizer(config.optimizer, labels, config.balancing.apply_to)
-  return model, method, tx, losses.loss_weights(config.loss, modalities)
+# ----------------------------------------------------------------------------------------------
+# Evaluation and files.
 
 
-def feature_dims(model, sample_shapes, modalities) -> dict[str, int]:
-  """{modality: D}, the encoders' output widths (shape inference only, no compute)."""
-  sample = {m: jax.ShapeDtypeStruct((1, *sample_shapes[m]), np.float32) for m in modalities}
-  (features, _) = jax.eval_shape(
-      lambda b: model.init_with_output({'params': jax.random.key(0)}, b, train=False, method='encode'), sample)
-  return {m: int(f.shape[-1]) for m, f in features.items()}
-
-
-def epoch_inputs(exp: Experiment, state: TrainState, epoch: int, eval_step, encode_step) -> dict | None:
-  """What `method.epoch_update` needs at the start of `epoch` (None: nothing to do).
-
-  'val_accuracy' (MSLR): [M] validation accuracy of each modality's share of the
-  fused logits after the previous epoch. 'prototypes' (PMR): per-class sums [M, C, D]
-  and counts [M, C] of batch-normalised inference-mode features over training
-  batches (epoch 0: all; later: floor(n * fraction) + 1 batches of a fresh shuffle).
-  """
-  config, kind = exp.config, exp.method.epoch_input
-  if kind == 'val_accuracy':
-    if epoch == 0:
-      return None
-    heads = [f'contribution_{m}' for m in exp.modalities]
-    val, _, _ = evaluate(eval_step, state, exp.dataset.splits['val'], batch_size=config.data.eval_batch_size,
-                         heads=heads, ece_bins=config.train.ece_bins)
-    return {'epoch': epoch, 'accuracy': np.array([val[h]['accuracy'] for h in heads], np.float32)}
-  if kind == 'prototypes':
-    from mlb_jax.balancing import pmr
-    train = exp.dataset.splits['train']
-    batches = common.steps_per_epoch(len(train), config.data.batch_size)
-    if epoch > 0:
-      batches = min(batches, int(batches * config.balancing.pmr.fraction) + 1)
-    it = common.train_batches(train, batch_size=config.data.batch_size, seed=config.seed * 7919 + epoch)
-    sums, counts = 0.0, 0.0
-    try:
-      for _ in range(batches):
-        batch = next(it)
-        features = encode_step(state, {m: batch[m] for m in exp.modalities})
-        per = [pmr.prototype_sums(features[m], batch[common.LABEL], exp.dataset.num_classes)
-               for m in exp.modalities]
-        sums = sums + np.stack([np.asarray(p[0]) for p in per])
-        counts = counts + np.stack([np.asarray(p[1]) for p in per])
-    finally:
-      if hasattr(it, 'close'):
-        it.close()
-    return {'epoch': epoch, 'sums': sums, 'counts': counts}
-  raise ValueError(f"unknown epoch_input '{kind}' of method '{exp.method.name}'")
-
-
-def initial_state(exp: Experiment) -> TrainState:
-  sample = exp.dataset.splits['train'][0]
-  batch = {m: np.asarray(sample[m])[None] for m in exp.modalities}
-  return create_train_state(exp.model, exp.tx, exp.method, batch, jax.random.key(exp.config.seed),
-                            init=exp.init)
-
-
-def evaluate(eval_step, state: TrainState, source, *, batch_size: int, heads, ece_bins: int):
+def evaluate_split(eval_step, state: TrainState, source, *, batch_size: int, heads, ece_bins: int):
   """{head: {'accuracy', 'ece', 'loss'}} over a whole split, plus the raw arrays."""
   logits = {h: [] for h in heads}
   labels = []
@@ -186,6 +156,33 @@ def evaluate(eval_step, state: TrainState, source, *, batch_size: int, heads, ec
   labels = np.concatenate(labels)
   logits = {h: np.concatenate(v) for h, v in logits.items()}
   return {h: metrics.head_metrics(z, labels, ece_bins) for h, z in logits.items()}, logits, labels
+
+
+def epoch_context(exp: Experiment, epoch: int, step: int) -> balancing.EpochContext:
+  """The host services a method's `epoch_update` may use (never the test split)."""
+  config, training = exp.config, exp.training
+
+  def evaluate_for_method(state, split, heads):
+    if split not in ('train', 'val'):
+      raise ValueError(f"a method may evaluate the 'train' or 'val' split, not '{split}'")
+    out, _, _ = evaluate_split(training.eval_step, state, exp.dataset.splits[split],
+                               batch_size=config.data.eval_batch_size, heads=tuple(heads),
+                               ece_bins=config.train.ece_bins)
+    return out
+
+  def encode(state, num_batches: int, seed: int):
+    it = common.train_batches(exp.dataset.splits['train'], batch_size=config.data.batch_size, seed=seed)
+    try:
+      for _ in range(num_batches):
+        batch = next(it)
+        yield training.encode_step(state, {m: batch[m] for m in exp.modalities}), batch[common.LABEL]
+    finally:
+      if hasattr(it, 'close'):
+        it.close()
+
+  return balancing.EpochContext(epoch=epoch, step=step, steps_per_epoch=training.spec.steps_per_epoch,
+                                num_classes=training.spec.num_classes, seed=config.seed,
+                                evaluate=evaluate_for_method, encode=encode)
 
 
 def nonfinite_description(values: Mapping[str, float]) -> str | None:
@@ -248,13 +245,14 @@ def _append_history(workdir: str, record: dict) -> None:
       f.write(json.dumps(record) + '\n')
 
 
-def metric_writer(workdir: str, config, *, fresh: bool):
-  """The CLU writer of `workdir` (only process 0 writes files); a `fresh` run
-  (step 0) also records `config` as TensorBoard hparams."""
-  from clu import metric_writers  # imports TensorFlow: only where logs are written
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  if fresh:
-    writer.write_hparams({k: str(v) for k, v in _flat(config.to_dict()).items()})
+def metric_writer(workdir: str, config, *, start: int) -> summary.SummaryWriter:
+  """The TensorBoard writer of `workdir` (only process 0 writes files). A fresh run (`start` 0)
+  records `config` as hparams; a resumed one marks the restart so TensorBoard shows each step once."""
+  writer = summary.SummaryWriter(workdir, enabled=jax.process_index() == 0)
+  if start == 0:
+    writer.write_hparams(_flat(config.to_dict()))
+  else:
+    writer.restart(start + 1)
   return writer
 
 
@@ -282,56 +280,6 @@ def write_val(writer, workdir: str, step: int, val: Mapping[str, Mapping[str, fl
   _append_history(workdir, {'step': step, 'split': 'val', **flat})
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains `config` in `workdir`, resuming from its last checkpoint if any.
-
-  Data parallel over every device of every process (`mlb_jax.sharding`):
-  `data.batch_size` is the global batch, process p reads shard p of the training
-  split. Writes TensorBoard scalars, `checkpoints/{last,best}` and `results.json`
-  (test metrics of the best-validation checkpoint); only process 0 writes logs
-  and results. Returns the results dict.
-
-  Raises:
-    Preempted: on SIGTERM, after saving `checkpoints/last` at the next step boundary.
-    FloatingPointError: at the first non-finite loss or gradient (unless
-      `train.skip_nonfinite`); the non-finite state is never saved.
-  """
-  if config.num_seeds != 1:
-    raise ValueError(f'num_seeds={config.num_seeds} trains several seeds: use '
-                     'mlb_jax.multiseed.train_and_evaluate_seeds (run.py does), or num_seeds=1 here')
-  workdir = check_workdir(workdir)
-  exp = build(config)
-  mesh = sharding.make_mesh()
-  sharding.check_batch_size(config.data.batch_size, mesh, 'data.batch_size')
-  sharding.check_batch_size(config.data.eval_batch_size, mesh, 'data.eval_batch_size')
-  os.makedirs(workdir, exist_ok=True)
-
-  state = sharding.replicate(initial_state(exp), mesh)
-  logging.info('model: %d parameters; modalities %s; method %s; %d devices in %d processes',
-               parameter_count(state.params), exp.modalities, config.method, mesh.devices.size,
-               jax.process_count())
-  data_iter = common.train_batches(exp.dataset.splits['train'],
-                                   batch_size=config.data.batch_size // jax.process_count(),
-                                   seed=config.seed, shard=(jax.process_index(), jax.process_count()))
-  last_mngr = checkpointing.manager(workdir, checkpointing.LAST)
-  best_mngr = checkpointing.manager(workdir, checkpointing.BEST)
-  eval_step = steps.make_eval_step(model=exp.model, mesh=mesh)  # validation and test: compiled once
-  try:
-    with distributed.PreemptionWatch() as watch:
-      _train(exp, mesh, state, data_iter, last_mngr, best_mngr, workdir, watch, eval_step)
-  finally:
-    if hasattr(data_iter, 'close'):
-      data_iter.close()
-    last_mngr.close()
-    best_mngr.close()
-  return evaluate_checkpoint(config, workdir, exp=exp, mesh=mesh, eval_step=eval_step)
-
-
-def _on_mesh(step_fn, mesh):
-  """`step_fn(state, batch)` fed a host batch that every process holds whole (evaluation, prototypes)."""
-  return lambda state, batch: step_fn(state, sharding.shard_global_batch(batch, mesh))
-
-
 def window_means(history: list[Mapping[str, float]]) -> dict[str, float]:
   """Each metric's mean over the steps of a log window that were not skipped;
   `skipped` (with `train.skip_nonfinite`) counts the skipped ones."""
@@ -342,100 +290,297 @@ def window_means(history: list[Mapping[str, float]]) -> dict[str, float]:
   return means
 
 
-def _train(exp: Experiment, mesh, state: TrainState, data_iter, last_mngr, best_mngr, workdir: str,
-           watch: distributed.PreemptionWatch, eval_step) -> None:
-  """The step loop of `train_and_evaluate`, from `checkpoints/last` (if any) to `train.num_steps`."""
-  config, cfg = exp.config, exp.config.train
-  heads = (losses.FUSED, *exp.modalities)
-  best = {'step': -1, 'accuracy': -1.0}
-  if last_mngr.all_steps():
-    state, meta, _ = checkpointing.restore_latest(last_mngr, state, data_iter)
-    best = meta['best']
-    logging.info('resumed from step %d (best val accuracy %.4f at step %d)',
-                 int(state.step), best['accuracy'], best['step'])
+# ----------------------------------------------------------------------------------------------
+# Training.
 
-  train_step = steps.make_train_step(model=exp.model, tx=exp.tx, method=exp.method,
-                                     loss_weights=exp.loss_weights, skip_nonfinite=cfg.skip_nonfinite,
-                                     mesh=mesh)
-  eval_step = _on_mesh(eval_step, mesh)
-  encode_step = _on_mesh(steps.make_encode_step(model=exp.model, mesh=mesh), mesh)
-  spe = common.steps_per_epoch(len(exp.dataset.splits['train']), config.data.batch_size)
-  start = saved = int(state.step)
-  writer = metric_writer(workdir, config, fresh=start == 0)
 
-  pending, checked, t0 = [], 0, time.time()  # metrics of the steps since the last log; how many were checked
-  profile = runtime.ProfileWindow(config.profile_steps, os.path.join(workdir, PROFILE))
+def train_and_evaluate(config, workdir: str, *, allow_changed: Sequence[str] = (),
+                       progress: Callable[[dict], None] | None = None) -> list[dict]:
+  """Trains the `config.num_seeds` seeds of `config` (seed, seed + 1, ...) and returns their results.
+
+  One seed trains in `workdir`; several in `<workdir>/seed_<seed>/`, by one vmapped step.
+  Resumes from the last checkpoints when there are any. See `train_and_evaluate_many`.
+  """
+  build_lib.validate(config)
+  return train_and_evaluate_many(replica_configs(config), run_workdirs(config, workdir),
+                                 allow_changed=allow_changed, progress=progress)
+
+
+def train_and_evaluate_many(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str], *,
+                            allow_changed: Sequence[str] = (),
+                            progress: Callable[[dict], None] | None = None) -> list[dict]:
+  """Trains the single-run `configs` together, run s in `workdirs[s]`; their results dicts.
+
+  Data parallel over every device of every process with one run (`data.batch_size`
+  is the global batch, process p reads shard p of the training split); several
+  runs share one vmapped step in one process. Every workdir gets TensorBoard
+  scalars, `metrics.jsonl`, `checkpoints/{last,best}` and `results.json` (test
+  metrics of the best-validation checkpoint); only process 0 writes logs and
+  results. An unfinished group resumes from its runs' last checkpoints.
+
+  Args:
+    allow_changed: dotted config fields (or sections) that may differ from the
+      config stored with a checkpoint when resuming (e.g. 'train.num_steps' to
+      extend a run); any other difference is refused, listing every field.
+    progress: called with every `progress_events` event (default: log lines).
+
+  Raises:
+    Preempted: on SIGTERM or Ctrl-C, after saving `checkpoints/last` at the next step boundary.
+    FloatingPointError: at the first non-finite loss or gradient (unless
+      `train.skip_nonfinite`); the non-finite state is never saved.
+    ValueError: resuming under a config that differs from the stored one.
+    workdir.WorkdirBusy: another training holds a workdir.
+  """
+  if len(configs) != len(workdirs) or not configs:
+    raise ValueError(f'need one workdir per config, got {len(configs)} configs and {len(workdirs)} workdirs')
+  bad = [c.num_seeds for c in configs if c.num_seeds != 1]
+  if bad:
+    raise ValueError(f'each run config is a single run (num_seeds=1), got num_seeds {bad}')
+  for c in configs:
+    build_lib.validate(c)
+  workdirs = [check_workdir(w) for w in workdirs]
+  for w in workdirs:
+    os.makedirs(w, exist_ok=True)
+  with contextlib.ExitStack() as held:
+    for w in workdirs:
+      held.enter_context(workdir_lib.locked(w, enabled=jax.process_index() == 0))
+    return _train_and_evaluate_locked(configs, workdirs, allow_changed, progress or log_progress)
+
+
+def _train_and_evaluate_locked(configs, workdirs, allow_changed, progress) -> list[dict]:
+  datasets = []
+  for c in configs:  # runs that draw the same data share one copy of it
+    same = next((d for d, other in zip(datasets, configs) if other.data == c.data), None)
+    datasets.append(same or _load(c))
+  first = build_lib.build(configs[0], dataset=datasets[0], num_replicas=len(configs))
+  exps = [Experiment(c, d, first.training) for c, d in zip(configs, datasets)]
+  check_replicas(exps)
+
+  training = first.training
+  batch_size = configs[0].data.batch_size // jax.process_count()
+  iters = [common.train_batches(e.dataset.splits['train'], batch_size=batch_size, seed=e.config.seed,
+                                shard=(jax.process_index(), jax.process_count())) for e in exps]
+  lasts = [checkpointing.manager(w, checkpointing.LAST) for w in workdirs]
+  bests = [checkpointing.manager(w, checkpointing.BEST) for w in workdirs]
+  finished_apart = False
+  try:
+    states = split_replicas(training, initial_state(exps))
+    best = [{'step': -1, 'accuracy': -1.0} for _ in exps]
+    if any(m.all_steps() for m in lasts):
+      for m, e, w in zip(lasts, exps, workdirs):  # before any state is read: a state of another config may not fit
+        if m.all_steps():
+          check_stored_config(checkpointing.restore_meta(m), e.config, w, m.latest_step(), allow_changed)
+      restored = [checkpointing.restore_latest(m, s, it) if m.all_steps() else (s, {'best': b}, 0)
+                  for m, s, it, b in zip(lasts, states, iters, best)]
+      if len({r[2] for r in restored}) > 1:
+        logging.warning('the seeds stopped at different steps %s; finishing them one at a time',
+                        [r[2] for r in restored])
+        finished_apart = True
+      else:
+        states, best = [r[0] for r in restored], [r[1]['best'] for r in restored]
+        for w in workdirs:
+          if jax.process_index() == 0:
+            workdir_lib.truncate_history(os.path.join(w, HISTORY), restored[0][2])
+        progress({'event': 'resumed', 'step': restored[0][2], 'best': best})
+    if not finished_apart:
+      with distributed.PreemptionWatch() as watch:
+        _train(exps, workdirs, join_replicas(training, states), best, iters, lasts, bests, watch, progress)
+  finally:
+    for it in iters:
+      if hasattr(it, 'close'):
+        it.close()
+    for m in lasts + bests:
+      m.close()
+  if finished_apart:
+    return [_train_and_evaluate_locked([c], [w], allow_changed, progress)[0] for c, w in zip(configs, workdirs)]
+  single = [Experiment(e.config, e.dataset, _single(e.training)) for e in exps]
+  return [evaluate_checkpoint(e, w, allow_changed=allow_changed) for e, w in zip(single, workdirs)]
+
+
+def check_stored_config(meta: dict, config, where: str, step: int, allow_changed: Sequence[str] = ()) -> None:
+  """Raises ValueError when the config stored in a checkpoint's `meta` differs from `config`
+  in a field that changes what is computed (not in `allow_changed`)."""
+  stored = meta.get('config')
+  if stored is None:
+    logging.warning("the checkpoint of '%s' (step %d) stores no config; it cannot be checked", where, step)
+    return
+  diff = config_diff.differences(stored, config, ignore=allow_changed)
+  if diff:
+    raise ValueError(f"'{where}' holds a run (step {step}) of another config; use another --workdir, or "
+                     f"allow the fields that may change with --allow_changed. Differences: {'; '.join(diff)}")
+
+
+def _load(config):
+  import data_pipelines  # the dataset registry imports every pipeline
+  return data_pipelines.load(config.data)
+
+
+def initial_state(exps: Sequence[Experiment]) -> TrainState:
+  """The initial state of every run (stacked when several), from each run's `seed`, placed on the devices."""
+  sample = exps[0].dataset.splits['train'][0]
+  return exps[0].training.initial_state(sample, [e.config.seed for e in exps])
+
+
+def _single(training: build_lib.Training) -> build_lib.Training:
+  """A one-replica view of `training` for evaluating runs one at a time (its eval step is per replica)."""
+  if training.num_replicas == 1:
+    return training
+  return build_lib.build_training(training.config, training.spec, num_replicas=1)._replace(
+      eval_step=training.eval_step, encode_step=training.encode_step)
+
+
+def log_progress(event: dict) -> None:
+  """The default `progress`: the lines of `mlb_jax.console.Console`, as INFO log records."""
+  kind, several = event['event'], len(event.get('runs', ())) > 1
+  if kind == 'start':
+    logging.info('training %s: %s', event['runs'], event['what'])
+  elif kind == 'resumed':
+    logging.info('resumed from step %d', event['step'])
+  elif kind == 'train':
+    for run, means in zip(event['runs'], event['means']):
+      logging.info('%s%s', f'{run}: ' if several else '',
+                   console.train_line(event['step'], event['total'], means, event['steps_per_sec'], None))
+  elif kind == 'val':
+    for run, val, best in zip(event['runs'], event['val'], event['best']):
+      logging.info('%sstep %d  val acc %s  (best %.4f at step %d)', f'{run}: ' if several else '', event['step'],
+                   {h: round(d['accuracy'], 4) for h, d in val.items()}, best['accuracy'], best['step'])
+
+
+def _train(exps: Sequence[Experiment], workdirs: Sequence[str], state, best: list, iters, lasts, bests,
+           watch: distributed.PreemptionWatch, progress: Callable[[dict], None]) -> None:
+  """The step loop of `train_and_evaluate_many`, from the restored step to `train.num_steps`.
+
+  Calls `progress` with {'event': 'start' | 'train' | 'val', 'step', 'total', 'runs': [names], ...}:
+  'train' events carry each run's window `means` and `steps_per_sec`; 'val' events each run's
+  validation metrics `val` and `best` {'step', 'accuracy'}.
+  """
+  exp0 = exps[0]
+  config, cfg, training = exp0.config, exp0.config.train, exp0.training
+  num, method = len(exps), training.method
+  heads = (losses.FUSED, *exp0.modalities)
+  spe = training.spec.steps_per_epoch
+  start = saved = int(jax.device_get(state.step).reshape(-1)[0])
+  runs = [os.path.basename(w) if num > 1 else f'seed {e.config.seed}' for e, w in zip(exps, workdirs)]
+  base = dict(runs=runs, total=cfg.num_steps)
+  writers = [metric_writer(w, e.config, start=start) for e, w in zip(exps, workdirs)]
+  progress({'event': 'start', 'step': start, **base, 'what': (
+      f'{config.method}, {parameter_count(split_replicas(training, state)[0].params):,} parameters, modalities '
+      f'{list(exp0.modalities)}, ' + (f'{jax.device_count()} device(s) in {jax.process_count()} process(es)'
+                                      if num == 1 else f'{num} seeds in one vmapped step'))})
+
+  # Metrics of the steps since the last log, how many were checked, and the clock of the window; the
+  # first window's clock starts after the first step, whose call includes compiling the step.
+  pending, checked, t0, timed_from = [], 0, time.time(), 0
+  profile = runtime.ProfileWindow(config.profile_steps, os.path.join(workdirs[0], PROFILE))
   try:
     for step in range(start + 1, cfg.num_steps + 1):
-      if exp.method.epoch_update is not None and (step - 1) % spe == 0:
-        inputs = epoch_inputs(exp, state, (step - 1) // spe, eval_step, encode_step)
-        if inputs is not None:
-          state = state.replace(balance_state=exp.method.epoch_update(state.balance_state, inputs))
+      if method.epoch_update is not None and (step - 1) % spe == 0:
+        replicas = split_replicas(training, state)
+        replicas = [method.epoch_update(epoch_context(e, (step - 1) // spe, step - 1), r)
+                    for e, r in zip(exps, replicas)]
+        state = join_replicas(training, replicas)
+      batch = training.place_batch([next(it) for it in iters])
       profile.before(step)
-      state, step_metrics = train_step(state, sharding.shard_batch(next(data_iter), mesh))
+      state, step_metrics = training.train_step(state, batch)
+      if step == start + 1:
+        t0, timed_from = time.time(), 1
       profile.after(step, step_metrics)
       pending.append(step_metrics)
       stop = watch.requested(step)
       log, evaluate_now, save = step_schedule(cfg, step)
       save = save or stop
-      if log or save:  # nothing non-finite is ever logged as a mean or saved
+      if log or save:  # per run: nothing non-finite is ever logged as a mean or saved
         pending = jax.device_get(pending)
-        check_finite(step - len(pending) + 1 + checked, pending[checked:], saved)
+        for s, w in enumerate(workdirs):
+          try:
+            check_finite(step - len(pending) + 1 + checked, replica_history(pending[checked:], s, num), saved)
+          except FloatingPointError as e:
+            raise (FloatingPointError(f"seed {exps[s].config.seed} ('{w}'): {e}") if num > 1 else e) from None
         checked = len(pending)
       if log:
-        means = window_means(pending)
-        means['steps_per_sec'] = len(pending) / max(time.time() - t0, 1e-9)
-        write_train_means(writer, workdir, step, means)
-        logging.info('step %d/%d  loss %.4f  acc fused %.3f  %s', step, cfg.num_steps, means['loss'],
-                     means[f'acc_{losses.FUSED}'],
-                     '  '.join(f"k_{m} {means[f'scale_{m}']:.3f}" for m in exp.modalities
-                               if f'scale_{m}' in means))
-        pending, checked, t0 = [], 0, time.time()
+        timed = len(pending) - timed_from
+        rate = timed / max(time.time() - t0, 1e-9) if timed > 0 else 0.0
+        all_means = []
+        for s, (w, writer) in enumerate(zip(workdirs, writers)):
+          means = window_means(replica_history(pending, s, num))
+          means['steps_per_sec'] = rate
+          write_train_means(writer, w, step, means)
+          all_means.append(means)
+        progress({'event': 'train', 'step': step, **base, 'means': all_means, 'steps_per_sec': rate})
+        pending, checked, t0, timed_from = [], 0, time.time(), 0
+      if evaluate_now or save:
+        replicas = split_replicas(training, state)
       if evaluate_now:
-        val, _, _ = evaluate(eval_step, state, exp.dataset.splits['val'],
-                             batch_size=config.data.eval_batch_size, heads=heads, ece_bins=cfg.ece_bins)
-        write_val(writer, workdir, step, val)
-        if val[cfg.select_head]['accuracy'] > best['accuracy']:
-          best = {'step': step, 'accuracy': val[cfg.select_head]['accuracy']}
-          checkpointing.save(best_mngr, step, state, {'best': best, 'val': val})
-        logging.info('step %d  val acc %s  (best %.4f at step %d)', step,
-                     {h: round(d['accuracy'], 4) for h, d in val.items()}, best['accuracy'], best['step'])
+        vals = []
+        for s, (e, w, writer) in enumerate(zip(exps, workdirs, writers)):
+          val, _, _ = evaluate_split(training.eval_step, replicas[s], e.dataset.splits['val'],
+                                     batch_size=e.config.data.eval_batch_size, heads=heads, ece_bins=cfg.ece_bins)
+          write_val(writer, w, step, val)
+          if val[cfg.select_head]['accuracy'] > best[s]['accuracy']:
+            best[s] = {'step': step, 'accuracy': val[cfg.select_head]['accuracy']}
+            checkpointing.save(bests[s], step, replicas[s], _meta(e.config, best[s], val=val))
+          vals.append(val)
+        progress({'event': 'val', 'step': step, **base, 'val': vals, 'best': list(best)})
       if save:
-        checkpointing.save(last_mngr, step, state, {'best': best}, data_iter)
+        for s, e in enumerate(exps):
+          checkpointing.save(lasts[s], step, replicas[s], _meta(e.config, best[s]), iters[s])
         saved = step
       if stop:
-        raise Preempted(step, os.path.join(str(last_mngr.directory), str(step)))
+        raise Preempted(step, os.path.join(str(lasts[0].directory), str(step)), watch.signal_name)
   finally:
     profile.close()
-    writer.flush()
-    writer.close()
+    for writer in writers:
+      writer.flush()
+      writer.close()
 
 
-def evaluate_checkpoint(config, workdir: str, *, exp: Experiment | None = None, split: str = 'test',
-                        checkpoint_dir: str | None = None, mesh=None, eval_step=None) -> dict:
+def _meta(config, best: dict, **extra) -> dict:
+  """A checkpoint's metadata: the best validation so far and the config it was trained with."""
+  return {'best': best, 'config': config_diff.comparable(config), **extra}
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation of checkpoints.
+
+
+def evaluate(config, workdir: str, *, split: str = 'test', checkpoint_dir: str | None = None,
+             allow_changed: Sequence[str] = ()) -> list[dict]:
+  """`evaluate_checkpoint` of every seed of `train_and_evaluate(config, workdir)`; one build for all."""
+  build_lib.validate(config)
+  if checkpoint_dir is not None and config.num_seeds > 1:
+    raise ValueError('--checkpoint_dir names one checkpoint; evaluate several seeds from their workdirs')
+  out, training, datasets = [], None, {}
+  for c, w in zip(replica_configs(config), run_workdirs(config, workdir)):
+    key = json.dumps(c.data.to_dict(), sort_keys=True)
+    if key not in datasets:
+      datasets[key] = _load(c)
+    if training is None:
+      training = build_lib.build(c, dataset=datasets[key]).training
+    out.append(evaluate_checkpoint(Experiment(c, datasets[key], training), w, split=split,
+                                   checkpoint_dir=checkpoint_dir, allow_changed=allow_changed))
+  return out
+
+
+def evaluate_checkpoint(exp: Experiment, workdir: str, *, split: str = 'test',
+                        checkpoint_dir: str | None = None, allow_changed: Sequence[str] = ()) -> dict:
   """Restores the best checkpoint of `workdir` (best `train.select_head` validation
   accuracy), evaluates val and `split`, and rewrites `results_name(split)` in `workdir`.
 
   Args:
-    config: the config the checkpoint was trained with (its data fields may
-      point at another copy or split of the dataset).
+    exp: the built one-replica experiment of the config the checkpoint was trained
+      with (its data fields may point at another copy or split of the dataset).
     workdir: where results (and, without `checkpoint_dir`, the checkpoint) live.
-    exp: the built experiment, when the caller has it.
     split: 'test' (results.json), 'val' or 'train' (results_<split>.json).
     checkpoint_dir: another workdir (its best checkpoint) or a directory of
-      numbered steps, e.g. copied from another machine.
-    mesh: the devices to evaluate on (default: all); any count works, whatever
-      the checkpoint was trained on.
-    eval_step: a `steps.make_eval_step` of `exp.model` (without a mesh, or
-      with this `mesh`) to reuse: the training's validation and evaluations of
-      several checkpoints of one model then compile it once.
+      numbered steps, e.g. copied from another machine; any device count works,
+      whatever the checkpoint was trained on.
+    allow_changed: config fields besides `data.*` that may differ from the
+      config stored with the checkpoint (any other difference is refused).
   """
   if split not in SPLITS:
     raise ValueError(f"unknown split '{split}'; expected one of {list(SPLITS)}")
   workdir = check_workdir(workdir)
-  exp = exp or build(config)
-  mesh = mesh or sharding.make_mesh()
-  sharding.check_batch_size(config.data.eval_batch_size, mesh, 'data.eval_batch_size')
+  config = exp.config
   if checkpoint_dir is None:
     path = checkpointing.directory(workdir, checkpointing.BEST)
     if not os.path.isdir(path) or not any(name.isdigit() for name in os.listdir(path)):
@@ -445,16 +590,16 @@ def evaluate_checkpoint(config, workdir: str, *, exp: Experiment | None = None, 
   os.makedirs(workdir, exist_ok=True)
   mngr = checkpointing.manager_at(path, read_only=True)
   try:
-    state, _, step = checkpointing.restore_latest(mngr, sharding.replicate(initial_state(exp), mesh))
+    check_stored_config(checkpointing.restore_meta(mngr), config, path, mngr.latest_step(), ('data', *allow_changed))
+    state, _, step = checkpointing.restore_latest(mngr, initial_state([exp]))
   finally:
     mngr.close()
-  eval_step = _on_mesh(eval_step or steps.make_eval_step(model=exp.model, mesh=mesh), mesh)
   heads = (losses.FUSED, *exp.modalities)
   kwargs = dict(batch_size=config.data.eval_batch_size, heads=heads, ece_bins=config.train.ece_bins)
-  val, logits, labels = evaluate(eval_step, state, exp.dataset.splits['val'], **kwargs)
+  val, logits, labels = evaluate_split(exp.training.eval_step, state, exp.dataset.splits['val'], **kwargs)
   evaluated = val
   if split != 'val':
-    evaluated, logits, labels = evaluate(eval_step, state, exp.dataset.splits[split], **kwargs)
+    evaluated, logits, labels = evaluate_split(exp.training.eval_step, state, exp.dataset.splits[split], **kwargs)
   if jax.process_index() == 0:
     name = PREDICTIONS if split == 'test' else f'{split}_predictions.npz'
     tmp = os.path.join(workdir, 'tmp_' + name)

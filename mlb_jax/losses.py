@@ -3,7 +3,7 @@
     L = w_fused * CE(z_fused, y) + sum_i w_i * CE(z_i, y)
 
 with mean-reduced cross-entropy and no label smoothing, as the authors' code
-(METHODS.md §1). Weights come from `config.loss`.
+(docs/methods.md#common-training-step). Weights come from `config.loss`.
 """
 
 from typing import Mapping

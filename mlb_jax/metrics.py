@@ -1,7 +1,7 @@
 """Evaluation metrics over whole splits (numpy, outside jit).
 
 ECE follows torchmetrics' `CalibrationError(task='multiclass')` defaults used by
-the authors (METHODS.md §6): 15 equal-width bins over the max-softmax
+the authors (docs/methods.md#training-evaluation-and-reporting): 15 equal-width bins over the max-softmax
 confidence, L1 norm (sum over bins of |accuracy - confidence| weighted by the
 fraction of samples in the bin). A confidence exactly on a bin edge falls in
 the lower bin, bins being (lo, hi].

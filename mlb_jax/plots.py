@@ -54,7 +54,7 @@ def plot_balancing(history: Mapping[str, list], modalities: Sequence[str], *, al
     history: `aggregate.load_history(workdir)`; reads the train records'
       `ratio_<m>` and `scale_<m>`.
     modalities: which modalities to draw.
-    alpha, beta_max: the config's `balancing.alpha` / `balancing.beta_max`;
+    alpha, beta_max: the config's `balancing.mlb.alpha` / `balancing.mlb.beta_max`;
       the analytic curve is `mlb_jax.balancing.coefficients_from_ratios`.
     path: the PNG to write.
     title: figure title (e.g. the variant and run).

@@ -1,32 +1,36 @@
 """Pure train and eval steps.
 
 `train_step(state, batch, *, model, tx, method, loss_weights)` is jitted once by
-`make_train_step` with the static pieces bound; everything that changes per
-step (the coefficients k_i, the step counter, rngs) is an array, so nothing
-retraces.
+the build (`mlb_jax.build`) with the static pieces bound; everything that
+changes per step (the coefficients k_i, the step counter, rngs) is an array, so
+nothing retraces.
 
-Order within a step (as the authors' code, METHODS.md §1): one train-mode
-forward pass, the multi-loss (Eq. 3) and its gradient; the method's
-coefficients from the stop-gradient unimodal logits of this batch; then the
-optimizer with `modality_scales` = k.
+Order within a step (as the authors' code, docs/methods.md#common-training-step):
+one train-mode forward pass, the method's objectives (default Eq. 3) and
+the gradient of their sum; the method's gradient transform; the per-modality
+scales from the stop-gradient unimodal logits of this batch; then the optimizer
+with `modality_scales` = k (see `mlb_jax.balancing.method`).
+
+Every step also reports, for every method, the diagnostics `score_<m>` (mean
+true-class probability of modality m's unimodal logits) and `ratio_<m>` (Eq. 5);
+a method's own metrics of the same name replace them.
 
 Non-finite values: the metrics carry every head's loss (`loss_<head>`) and every
 parameter group's gradient norm (`grad_norm_<modality>`, `grad_norm_fusion`), from
 which the loop names what went non-finite. With `skip_nonfinite` the step itself
-keeps the previous state (parameters, statistics, optimizer and balancing state)
+keeps the previous state (parameters, statistics, optimizer and method state)
 when any of them is not finite, and reports `skipped` = 1.
 """
 
-import functools
 from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from mlb_jax import compile_options, sharding
-from mlb_jax.balancing import ForwardContext, Method, StepInputs
-from mlb_jax.losses import multi_loss
+from mlb_jax.balancing import GradInputs, LossInputs, Method, StepInputs, multiloss_objectives
+from mlb_jax.balancing.mlb import performance_ratios
+from mlb_jax.balancing.scores import modality_scores
 from mlb_jax.train_state import TrainState
 
 
@@ -43,6 +47,11 @@ def finite_guard(metrics: Mapping[str, jax.Array]) -> jax.Array:
   return jnp.all(jnp.isfinite(jnp.stack(watched)))
 
 
+def _default_loss(inputs: LossInputs, state):
+  objectives, metrics = multiloss_objectives(inputs)
+  return objectives, state, metrics
+
+
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model, tx, method: Method,
                loss_weights: Mapping[str, float],
                skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -53,7 +62,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model, tx, 
     batch: {<modality>: [B, ...], 'label': int [B]}.
     model: `MultimodalClassifier`.
     tx: optimizer accepting `modality_scales` (see `mlb_jax.optim`).
-    method: the training method (its hooks are documented in `balancing.method`).
+    method: the training method (`mlb_jax.balancing.method`).
     loss_weights: {head: weight} for Eq. 3.
     skip_nonfinite: keep the previous state (only the step counter advances)
       when a loss or a gradient is not finite, and report `skipped`.
@@ -64,52 +73,71 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model, tx, 
   labels = batch['label']
   step_rng = jax.random.fold_in(state.rng, state.step)
   dropout_rng, method_rng = jax.random.split(step_rng)
+  loss = method.loss or _default_loss
 
-  def loss_fn(params):
+  def loss_fn(params, with_objectives=False):
     variables = {'params': params, 'batch_stats': state.batch_stats}
-    out, new_vars = model.apply(variables, batch, train=True, detach_unimodal=method.detach_unimodal,
+    out, new_vars = model.apply(variables, batch, train=True, detach_unimodal=method.unimodal_heads == 'probe',
                                 rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
-    logits, balance_state, hook_metrics = out.logits, state.balance_state, {}
-    if method.forward_hook is not None:
-      ctx = ForwardContext(model, variables, batch, out, labels, state.step)
-      logits, balance_state, hook_metrics = method.forward_hook(ctx, balance_state)
-    total, per_head = multi_loss(logits, labels, loss_weights)
-    if method.loss_hook is not None:
-      extra, balance_state, extra_metrics = method.loss_hook(out, labels, balance_state, state.step)
-      total = total + extra
-      hook_metrics = {**hook_metrics, **extra_metrics}
-    aux = (out, new_vars.get('batch_stats', {}), per_head, balance_state, hook_metrics)
-    return total, aux
+    inputs = LossInputs(model, variables, batch, out, labels, state.step, method_rng, loss_weights)
+    objectives, method_state, loss_metrics = loss(inputs, state.method_state)
+    total = sum(objectives.values())
+    aux = (out, new_vars.get('batch_stats', {}), method_state, loss_metrics)
+    return total, (*aux, objectives) if with_objectives else aux
 
-  (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  out, batch_stats, per_head, balance_state, hook_metrics = aux
-  if method.gradient_hook is not None:
-    grads, grad_metrics = method.gradient_hook(grads)
-    hook_metrics = {**hook_metrics, **grad_metrics}
+  if method.combine is None:  # one backward pass of the sum
+    (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    out, batch_stats, method_state, method_metrics = aux
+  else:  # one gradient per objective (one batched backward pass), combined by the method
+    def objectives_fn(params):
+      total, (out, batch_stats, method_state, loss_metrics, objectives) = loss_fn(params, with_objectives=True)
+      return objectives, (total, out, batch_stats, method_state, loss_metrics)
+
+    objectives, vjp_fn, aux = jax.vjp(objectives_fn, state.params, has_aux=True)
+    total, out, batch_stats, method_state, method_metrics = aux
+    names = sorted(objectives)
+    basis = {n: jnp.eye(len(names), dtype=objectives[n].dtype)[i] for i, n in enumerate(names)}
+    per_objective = jax.vmap(lambda b: vjp_fn(b)[0])(basis)
+    per_objective = {n: jax.tree.map(lambda g, i=i: g[i], per_objective) for i, n in enumerate(names)}
+    grads, method_state, combine_metrics = method.combine(
+        per_objective, GradInputs(state.params, state.step, method_rng), method_state)
+    method_metrics = {**method_metrics, **combine_metrics}
+  if method.gradients is not None:
+    grads, method_state, grad_metrics = method.gradients(grads, GradInputs(state.params, state.step, method_rng),
+                                                         method_state)
+    method_metrics = {**method_metrics, **grad_metrics}
 
   source = out.contributions if method.unimodal_source == 'contributions' else out.logits
   unimodal = jax.lax.stop_gradient({m: source[m] for m in model.modalities})
+  scores = modality_scores(unimodal, labels, tuple(model.modalities), 'probability')
+  ratios = performance_ratios(scores)
+  metrics = {'loss': total}
+  for i, m in enumerate(model.modalities):
+    metrics[f'score_{m}'], metrics[f'ratio_{m}'] = scores[i], ratios[i]
+  metrics.update(method_metrics)
+
   inputs = StepInputs(unimodal, labels, state.step, method_rng)
-  scales, balance_state, balance_metrics = method.coefficients(inputs, balance_state)
-  extra_args = method.optimizer_args(inputs) if method.optimizer_args is not None else {}
-  updates, opt_state = tx.update(grads, state.opt_state, state.params, modality_scales=scales,
-                                 **extra_args)
+  scales = {}
+  if method.scales is not None:
+    scales, method_state, scale_metrics = method.scales(inputs, method_state)
+    metrics.update(scale_metrics)
+  extra_args = method.optimizer_args(inputs, method_state) if method.optimizer_args is not None else {}
+  updates, opt_state = tx.update(grads, state.opt_state, state.params, modality_scales=scales, **extra_args)
   params = optax.apply_updates(state.params, updates)
 
-  metrics = {'loss': total, **per_head, **balance_metrics, **hook_metrics}
   for head, z in out.logits.items():
     metrics[f'acc_{head}'] = jnp.mean(jnp.argmax(z, -1) == labels).astype(jnp.float32)
   for key, sub in grads.items():
     metrics[f'grad_norm_{key}'] = _global_norm(sub)
-  updated = (params, batch_stats, opt_state, balance_state)
+  updated = (params, batch_stats, opt_state, method_state)
   if skip_nonfinite:
     ok = finite_guard(metrics)
-    previous = (state.params, state.batch_stats, state.opt_state, state.balance_state)
+    previous = (state.params, state.batch_stats, state.opt_state, state.method_state)
     updated = jax.tree.map(lambda new, old: jnp.where(ok, new, old), updated, previous)
     metrics['skipped'] = 1.0 - ok.astype(jnp.float32)
-  params, batch_stats, opt_state, balance_state = updated
+  params, batch_stats, opt_state, method_state = updated
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state, balance_state=balance_state)
+                            opt_state=opt_state, method_state=method_state)
   return new_state, metrics
 
 
@@ -124,41 +152,6 @@ def eval_step(state: TrainState, batch: Mapping[str, jax.Array], *, model) -> di
 
 
 def encode_step(state: TrainState, batch: Mapping[str, jax.Array], *, model) -> dict[str, jax.Array]:
-  """Inference-mode pooled features {m: [B, D]} (PMR prototypes)."""
+  """Inference-mode pooled features {m: [B, D]}."""
   return model.apply({'params': state.params, 'batch_stats': state.batch_stats}, batch, train=False,
                      method='encode')
-
-
-def _shardings(mesh) -> dict:
-  """jit's sharding kwargs for `(state, batch) -> outputs` over `mesh`: the state and every output
-  replicated, the batch split on `data`; none without a mesh."""
-  if mesh is None:
-    return {}
-  replicated = sharding.replicated(mesh)
-  return {'in_shardings': (replicated, sharding.batch_sharding(mesh)), 'out_shardings': replicated}
-
-
-def make_train_step(*, model, tx, method: Method, loss_weights, donate: bool = True,
-                    skip_nonfinite: bool = False, mesh=None):
-  """`train_step` with its static pieces bound, jitted once.
-
-  With a `mesh` (see `mlb_jax.sharding`) the batch is split over its devices
-  and the state and metrics are replicated; the same step serves any device count.
-  """
-  fn = functools.partial(train_step, model=model, tx=tx, method=method,
-                         loss_weights=dict(loss_weights), skip_nonfinite=skip_nonfinite)
-  return jax.jit(fn, donate_argnums=(0,) if donate else (), compiler_options=compile_options.jit_options(),
-                 **_shardings(mesh))
-
-
-def make_eval_step(*, model, mesh=None):
-  """`eval_step` jitted; with a `mesh`, the batch split over it and the logits replicated."""
-  return jax.jit(functools.partial(eval_step, model=model), compiler_options=compile_options.jit_options(),
-                 **_shardings(mesh))
-
-
-def make_encode_step(*, model, mesh=None):
-  return jax.jit(functools.partial(encode_step, model=model), compiler_options=compile_options.jit_options(),
-                 **_shardings(mesh))
-
-

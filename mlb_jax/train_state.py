@@ -1,6 +1,6 @@
 """The explicit training state pytree and its construction."""
 
-from typing import Any, Mapping
+from typing import Any
 
 import flax
 import jax
@@ -19,28 +19,30 @@ class TrainState:
     params: {<modality>: {'encoder', 'head'}, 'fusion': ...}.
     batch_stats: BatchNorm running statistics ({} when the model has none).
     opt_state: the Optax state.
-    balance_state: the method's state across steps (() when it keeps none).
+    method_state: the training method's state across steps (() when it keeps none).
     rng: base PRNG key; step t uses `fold_in(rng, t)`, so resuming is exact.
   """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
-  balance_state: Any
+  method_state: Any
   rng: jax.Array
 
 
-def make_init(model, tx: optax.GradientTransformation, method: Method):
+def make_init(model, tx: optax.GradientTransformation, method: Method, *, out_shardings=None,
+              compiler_options=None):
   """The jitted `(sample_batch, rng) -> TrainState` of this model, optimizer and method.
 
   One function per (model, tx, method): every call with batches of the same
-  shapes reuses its compilation (a run initialises twice: to train and to
-  restore for evaluation; a group of seeds once per seed). See
-  `create_train_state` for the arguments.
-  """
-  modalities = tuple(model.modalities)
+  shapes reuses its compilation. `out_shardings` (e.g. replicated over a
+  mesh) creates the state in place on the devices.
 
-  @jax.jit
+  Args:
+    sample_batch: {modality: [B, ...]} used only for shapes.
+    rng: PRNG key; split into init and training keys.
+  """
+
   def init(sample_batch, rng):
     init_rng, train_rng = jax.random.split(rng)
     variables = model.init({'params': init_rng, 'dropout': init_rng}, sample_batch, train=False)
@@ -50,26 +52,11 @@ def make_init(model, tx: optax.GradientTransformation, method: Method):
         params=params,
         batch_stats=variables.get('batch_stats', {}),
         opt_state=tx.init(params),
-        balance_state=method.init_state(modalities),
+        method_state=method.init_state(params),
         rng=train_rng)
 
-  return init
-
-
-def create_train_state(model, tx: optax.GradientTransformation, method: Method,
-                       sample_batch: Mapping[str, Any], rng: jax.Array, *, init=None) -> TrainState:
-  """Initialises parameters (from `rng`) on `sample_batch` and the optimizer.
-
-  Args:
-    model: a `MultimodalClassifier`.
-    tx: the optimizer (see `mlb_jax.optim.make_optimizer`).
-    method: the training method (its `init_state`).
-    sample_batch: {modality: [B, ...]} used only for shapes.
-    rng: PRNG key; split into init and training keys.
-    init: `make_init(model, tx, method)`, to reuse its compilation (default: a new one).
-  """
-  init = init or make_init(model, tx, method)
-  return init({m: jnp.asarray(sample_batch[m]) for m in model.modalities}, rng)
+  kwargs = {} if out_shardings is None else {'out_shardings': out_shardings}
+  return jax.jit(init, compiler_options=compiler_options, **kwargs)
 
 
 def parameter_count(params) -> int:

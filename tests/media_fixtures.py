@@ -33,9 +33,10 @@ def write_wav(path: str, seconds: float, rate: int = 16000, freq: float = 440.0)
 
 def write_video(path: str, seconds: float, *, fps: int = 30, size=(64, 48), codec: str = 'flv',
                 audio_codec: str | None = None, audio_rate: int = 44100, freq: float = 440.0,
-                step: int = 2) -> None:
+                step: int = 2, audio_seconds: float | None = None) -> None:
   """A video of round(seconds * fps) frames (frame i flat grey `gray(i, step)`),
-  with a stereo sine track when `audio_codec` is given ('aac' for .mp4, 'mp3' for .avi/.flv)."""
+  with a stereo sine track when `audio_codec` is given ('aac' for .mp4, 'mp3' for .avi/.flv),
+  `audio_seconds` long (default `seconds`)."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   w, h = size
   with av.open(path, 'w') as container:
@@ -53,7 +54,7 @@ def write_video(path: str, seconds: float, *, fps: int = 30, size=(64, 48), code
     for packet in video.encode():
       container.mux(packet)
     if audio is not None:
-      wave = sine(seconds, audio_rate, freq)
+      wave = sine(seconds if audio_seconds is None else audio_seconds, audio_rate, freq)
       stereo = np.stack([wave, 0.5 * wave])
       size_ = audio.frame_size or 1024
       for s in range(0, stereo.shape[1], size_):

@@ -19,7 +19,7 @@ def test_published_split_files():
   assert {s: len(v) for s, v in lines.items()} == {'train': 3339, 'val': 402, 'test': 402}
   parsed = {s: ave.read_annotations(os.path.join(DATA, 'ave', f)) for s, f in ave.SPLIT_FILES.items()}
   events = {s: p[0] for s, p in parsed.items()}
-  # unique ids 3312 / 401 / 402 (METHODS.md §5.2); one train segment, [0, 0], is empty
+  # unique ids 3312 / 401 / 402 (docs/methods.md#ave); one train segment, [0, 0], is empty
   assert {s: len(p[0]) + len(p[2]) for s, p in parsed.items()} == {'train': 3312, 'val': 401, 'test': 402}
   assert {s: len(p[1]) for s, p in parsed.items()} == {'train': 27, 'val': 1, 'test': 0}
   (where, problem), = parsed['train'][2]
@@ -38,7 +38,7 @@ def test_the_28_classes_in_the_reference_code_order():
   assert set(categories) == set(ave.CLASSES) and len(ave.CLASSES) == 28
   assert list(dict.fromkeys(categories)) == list(ave.CLASSES)  # first-appearance order = code order
   code_order = {'Church bell': 0, 'Male speech, man speaking': 1, 'Frying (food)': 10, 'Shofar': 12,
-                'Baby cry, infant cry': 19, 'Rodents, rats, mice': 25, 'Mandolin': 27}  # METHODS.md §5.2
+                'Baby cry, infant cry': 19, 'Rodents, rats, mice': 25, 'Mandolin': 27}  # docs/methods.md#ave
   assert {c: ave.CLASSES.index(c) for c in code_order} == code_order
 
 
@@ -173,7 +173,67 @@ def test_missing_split_file_or_folder(tmp_path):
   raw = str(tmp_path / 'raw')
   write_raw(raw, {'train': ['Bark&aaa&good&1&4'], 'val': ['Cat&bbb&good&1&4'], 'test': ['Goat&ccc&good&1&4']})
   os.remove(os.path.join(raw, 'valSet.txt'))
-  with pytest.raises(FileNotFoundError, match='valSet.txt: missing AVE split file'):
+  layout = '(the published layout: AVE/<VideoID>.mp4, trainSet.txt, valSet.txt, testSet.txt)'
+  with pytest.raises(FileNotFoundError) as e:
     prepare.prepare('ave', raw, str(tmp_path / 'out'), progress=False)
-  with pytest.raises(FileNotFoundError, match=f"{os.path.join(str(tmp_path), 'AVE')}: missing folder"):
-    prepare.prepare('ave', str(tmp_path), str(tmp_path / 'out'), progress=False)
+  assert str(e.value) == f'{raw}: not a complete AVE folder: missing valSet.txt {layout}'
+  with pytest.raises(FileNotFoundError) as e:
+    ave.scan(str(tmp_path))  # the builder's own scan says the same
+  assert str(e.value) == (f'{tmp_path}: not a complete AVE folder: missing AVE/, trainSet.txt, valSet.txt, '
+                          f'testSet.txt {layout}')
+  with pytest.raises(FileNotFoundError, match='valSet.txt: missing AVE split file'):
+    ave.read_annotations(os.path.join(raw, 'valSet.txt'))
+  assert not os.path.exists(tmp_path / 'out')
+
+
+# A clip shorter than its event segment: bbb lasts 0.6 s but is annotated [0, 10] s. ccc ends
+# 0.3 s before its segment [1, 4] does, within the tolerance; ddd's video (eee's audio) stops at 2 s.
+SHORT_CLIPS = {'bbb': (0.6, None), 'ccc': (3.7, None), 'ddd': (2.0, 5.0), 'eee': (5.0, 2.0)}
+
+
+def test_a_clip_shorter_than_its_segment_is_refused(tmp_path):
+  raw, out = str(tmp_path / 'raw'), str(tmp_path / 'out')
+  lines = {'train': ['Bark&aaa&good&1&4', 'Cat&bbb&good&0&10', 'Goat&ccc&good&1&4'],
+           'val': ['Cat&ddd&good&1&4', 'Bark&aaa&good&1&4'], 'test': ['Goat&eee&good&1&4', 'Bark&aaa&good&1&4']}
+  write_raw(raw, {'train': lines['train'][:1], 'val': [], 'test': []})
+  for s, f in ave.SPLIT_FILES.items():
+    with open(os.path.join(raw, f), 'w') as handle:
+      handle.write('\n'.join(lines[s]) + '\n')
+  for video_id, (video_s, audio_s) in SHORT_CLIPS.items():
+    write_video(os.path.join(raw, 'AVE', video_id + '.mp4'), video_s, fps=10, codec='libx264',
+                audio_codec='aac', step=5, audio_seconds=audio_s)
+  mp4 = {i: os.path.join(raw, 'AVE', i + '.mp4') for i in SHORT_CLIPS}
+  with pytest.raises(media.BadInput, match='--skip_bad') as e:
+    prepare.prepare('ave', raw, out, progress=False)
+  message = str(e.value)
+  assert message.startswith(f"{mp4['bbb']}: the audio track lasts 0.6") and '[0, 10) s' in message
+  assert f"{os.path.join(raw, 'trainSet.txt')}:2" in message
+  assert not os.path.exists(os.path.join(out, 'ave', ave.VERSION))
+  prepare.prepare('ave', raw, out, skip_bad=True, progress=False)
+  meta = prepared.open_prepared(out, 'ave', ave.VERSION).metadata
+  assert meta['splits'] == {'train': ['aaa', 'ccc'], 'val': ['aaa'], 'test': ['aaa']}
+  skipped = dict(meta['skipped'])
+  assert set(skipped) == {mp4['bbb'], mp4['ddd'], mp4['eee']}
+  assert skipped[mp4['bbb']].startswith('the audio track lasts 0.6')
+  assert skipped[mp4['ddd']].startswith('the video lasts 2.0') and '[1, 4) s' in skipped[mp4['ddd']]
+  assert skipped[mp4['eee']].startswith('the audio track lasts 2.0')
+  with open(os.path.join(out, 'ave', ave.VERSION, 'skipped.tsv')) as f:
+    assert sorted(f.read().splitlines()[1:]) == sorted(f'{p}\t{r}' for p, r in meta['skipped'])
+
+  # a split left without a usable clip is refused, by name
+  with open(os.path.join(raw, 'valSet.txt'), 'w') as handle:
+    handle.write(lines['val'][0] + '\n')
+  with pytest.raises(media.BadInput) as e:
+    prepare.prepare('ave', raw, str(tmp_path / 'out2'), skip_bad=True, progress=False)
+  assert str(e.value).startswith(f"{raw}: no usable clip in the val split: all 1 were left out (e.g. {mp4['ddd']}: "
+                                 'the video lasts 2.0')
+  assert not os.path.exists(tmp_path / 'out2')
+
+
+def test_the_raw_folder_is_scanned_once(tmp_path, monkeypatch):
+  raw = str(tmp_path / 'raw')
+  write_raw(raw, {'train': ['Bark&aaa&good&1&4'], 'val': ['Cat&aaa&good&1&4'], 'test': ['Goat&aaa&good&1&4']})
+  calls = []
+  monkeypatch.setattr(ave, 'scan', lambda raw_dir, scan=ave.scan: calls.append(raw_dir) or scan(raw_dir))
+  prepare.prepare('ave', raw + '/', str(tmp_path / 'out'), progress=False)
+  assert calls == [raw]

@@ -5,11 +5,12 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from mlb_jax.balancing import (StepInputs, correct_count, make_method, mlb_balance,
+from configs import base
+from mlb_jax import balancing
+from mlb_jax.balancing import (MethodContext, StepInputs, correct_count, make_method, mlb_balance,
                                mlb_coefficients, true_class_probability)
 
 ALPHA = 0.8
@@ -88,8 +89,7 @@ def test_equal_scores_two_modalities_exactly_one(s, beta_max):
 @pytest.mark.parametrize('beta_max', [1.0, 2.0, 10.0])
 def test_equal_scores_three_or_more_modalities(scores, beta_max):
   # For M >= 3 the float32 mean of the others, (sum - s_i) / (M - 1), can be 1 ulp
-  # off s_i, so r_i and k_i are 1 to float32 precision (not bit-exactly 1, although
-  # the mlb.py docstring says "exactly 1"; see the test report).
+  # off s_i, so r_i and k_i are 1 to float32 precision, not bit-exactly 1.
   out = mlb_balance(jnp.array(scores), alpha=ALPHA, beta_max=beta_max)
   np.testing.assert_allclose(out.ratios, np.ones(len(scores)), rtol=0, atol=1e-6)
   np.testing.assert_allclose(out.coefficients, np.ones(len(scores)), rtol=0, atol=1e-6)
@@ -185,8 +185,23 @@ def test_jit():
 MODALITIES = ('audio', 'video')
 
 
-def _cfg(**overrides):
-  return ml_collections.ConfigDict(dict(dict(score='probability', alpha=0.8, beta_max=2.0), **overrides))
+def _cfg(score='probability', **mlb):
+  """`config.balancing` with MLB's alpha 0.8, beta_max 2 unless overridden."""
+  cfg = base.get_config().balancing
+  cfg.score = score
+  cfg.mlb.alpha, cfg.mlb.beta_max = 0.8, 2.0
+  for key, value in mlb.items():
+    cfg.mlb[key] = value
+  return cfg
+
+
+def _ctx(modalities=MODALITIES):
+  return MethodContext(tuple(modalities), steps_per_epoch=4, num_classes=5,
+                       feature_dims={m: 6 for m in modalities})
+
+
+def _make(name, modalities=MODALITIES, cfg=None):
+  return make_method(name, modalities, cfg if cfg is not None else _cfg(), _ctx(modalities))
 
 
 def _inputs():
@@ -197,31 +212,67 @@ def _inputs():
   return StepInputs(logits, labels, jnp.int32(3), jax.random.PRNGKey(0))
 
 
-@pytest.mark.parametrize('name,detach', [('joint', True), ('multiloss', False)])
-def test_unbalanced_methods(name, detach):
-  method = make_method(name, MODALITIES, _cfg())
+@pytest.mark.parametrize('name,heads', [('joint', 'probe'), ('multiloss', 'trained')])
+def test_unbalanced_methods(name, heads):
+  method = _make(name)
   assert method.name == name
-  assert method.detach_unimodal is detach
-  inputs = _inputs()
-  state = method.init_state(MODALITIES)
-  scales, new_state, metrics = method.coefficients(inputs, state)
-  assert set(scales) == set(MODALITIES)
-  for m in MODALITIES:
-    assert float(scales[m]) == 1.0
-    np.testing.assert_allclose(metrics[f'score_{m}'], true_class_probability(inputs.logits[m], inputs.labels),
-                               rtol=1e-6)
-    assert float(metrics[f'scale_{m}']) == 1.0
-  np.testing.assert_allclose(metrics['ratio_audio'] * metrics['ratio_video'], 1.0, rtol=1e-5)
-  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  assert method.unimodal_heads == heads
+  # Eq. 3 with nothing scaled: no hook at all, no state.
+  assert method.scales is None and method.loss is None and method.gradients is None
+  assert method.optimizer_args is None and method.epoch_update is None
+  assert method.init_state({'audio': {}, 'video': {}, 'fusion': {}}) == ()
+
+
+# The methods table of docs/methods.md: unimodal heads, the source of k (none: no scales),
+# what k reaches, the modality count and the fusions.
+DECLARED = {
+    #            heads      source           has k  reaches    max M  fusions (None: any)
+    'joint':     ('probe', 'heads', False, 'all', None, None),
+    'multiloss': ('trained', 'heads', False, 'all', None, None),
+    'mlb':       ('trained', 'heads', True, 'all', None, None),
+    'ogm':       ('probe', 'contributions', True, 'kernels', None, None),
+    'ogm_ge':    ('probe', 'contributions', True, 'kernels', None, None),
+    'mslr':      ('probe', 'contributions', True, 'all', None, None),
+    'agm':       ('probe', 'heads', False, 'all', 2, ('late_linear', 'mid_mlp', 'mmcosine', 'film', 'gated')),
+    'pmr':       ('probe', 'heads', False, 'all', 2, None),
+    'mmcosine':  ('probe', 'heads', False, 'all', None, ('mmcosine',)),
+}
+
+
+def test_declared_methods_are_the_registry():
+  assert set(DECLARED) == set(balancing.METHODS)
+
+
+@pytest.mark.parametrize('name', sorted(DECLARED))
+def test_method_declarations_follow_the_methods_table(name):
+  heads, source, has_scales, reaches, max_m, fusions = DECLARED[name]
+  method = _make(name)
+  assert method.name == name
+  assert method.unimodal_heads == heads
+  assert method.unimodal_source == source
+  assert (method.scales is not None) is has_scales
+  if has_scales:
+    assert method.scaled_params == reaches
+  assert method.min_modalities == 2 and method.max_modalities == max_m
+  assert (None if method.fusions is None else set(method.fusions)) == (None if fusions is None else set(fusions))
+  assert balancing.resolve_fusion(method, 'auto') == ('mmcosine' if name == 'mmcosine' else 'late_linear')
+  assert balancing.resolve_fusion(method, 'gated') == 'gated'   # an explicit fusion is kept
+
+
+def test_ogm_scale_all_reaches_every_parameter():
+  cfg = _cfg()
+  cfg.ogm.scale = 'all'
+  for name in ('ogm', 'ogm_ge'):
+    assert _make(name, cfg=cfg).scaled_params == 'all'
 
 
 def test_mlb_method_scales_match_coefficients():
-  method = make_method('mlb', MODALITIES, _cfg(beta_max=4.0))
-  assert method.name == 'mlb' and method.detach_unimodal is False
+  method = _make('mlb', cfg=_cfg(beta_max=4.0))
+  assert method.name == 'mlb' and method.unimodal_heads == 'trained' and method.scaled_params == 'all'
   inputs = _inputs()
   s = jnp.stack([true_class_probability(inputs.logits[m], inputs.labels) for m in MODALITIES])
   expected = mlb_coefficients(s, alpha=0.8, beta_max=4.0)
-  scales, _, metrics = jax.jit(method.coefficients)(inputs, method.init_state(MODALITIES))
+  scales, _, metrics = jax.jit(method.scales)(inputs, method.init_state({}))
   for i, m in enumerate(MODALITIES):
     np.testing.assert_allclose(scales[m], expected[i], rtol=1e-6)
     np.testing.assert_allclose(metrics[f'score_{m}'], s[i], rtol=1e-6)
@@ -230,26 +281,38 @@ def test_mlb_method_scales_match_coefficients():
   assert not np.allclose(expected, 1.0)  # the case actually exercises balancing
 
 
+def test_mlb_method_reads_nested_hyperparameters():
+  # balancing.mlb.alpha / beta_max drive the coefficients: the test vectors s = (0.6, 0.3),
+  # as true-class probabilities of two-class logits with gap log(p / (1 - p)).
+  labels = jnp.array([0, 0])
+  logit = lambda p: jnp.array([[math.log(p / (1 - p)), 0.0]] * 2, jnp.float32)
+  inputs = StepInputs({'audio': logit(0.6), 'video': logit(0.3)}, labels, jnp.int32(0), jax.random.PRNGKey(0))
+  scales, _, _ = _make('mlb', cfg=_cfg(alpha=0.8, beta_max=10.0)).scales(inputs, ())
+  np.testing.assert_allclose([scales['audio'], scales['video']], [0.62005, 6.97633], atol=1e-4)
+  scales, _, _ = _make('mlb', cfg=_cfg(alpha=0.8, beta_max=2.0)).scales(inputs, ())
+  np.testing.assert_allclose([scales['audio'], scales['video']], [0.62005, 1.66404], atol=1e-4)
+
+
 def test_mlb_method_three_modalities():
   mods = ('audio', 'video', 'text')
-  method = make_method('mlb', mods, _cfg())
+  method = _make('mlb', mods)
   rng = np.random.default_rng(1)
   logits = {m: jnp.asarray(rng.normal(size=(6, 4)) * (i + 1), jnp.float32) for i, m in enumerate(mods)}
   labels = jnp.asarray(rng.integers(0, 4, size=6), jnp.int32)
-  scales, _, _ = method.coefficients(StepInputs(logits, labels, jnp.int32(0), jax.random.PRNGKey(0)), ())
+  scales, _, _ = method.scales(StepInputs(logits, labels, jnp.int32(0), jax.random.PRNGKey(0)), ())
   s = jnp.stack([true_class_probability(logits[m], labels) for m in mods])
   expected = mlb_coefficients(s, alpha=0.8, beta_max=2.0)
   np.testing.assert_allclose([scales[m] for m in mods], expected, rtol=1e-6)
 
 
 def test_mlb_method_correct_score_uses_counts():
-  method = make_method('mlb', MODALITIES, _cfg(score='correct'))
+  method = _make('mlb', cfg=_cfg(score='correct'))
   # audio: 3 of 4 correct, video: 1 of 4 correct
   labels = jnp.array([0, 1, 2, 0])
   audio = jax.nn.one_hot(jnp.array([0, 1, 2, 1]), 3) * 5.0
   video = jax.nn.one_hot(jnp.array([0, 0, 0, 1]), 3) * 5.0
   inputs = StepInputs({'audio': audio, 'video': video}, labels, jnp.int32(0), jax.random.PRNGKey(0))
-  scales, _, metrics = method.coefficients(inputs, ())
+  scales, _, metrics = method.scales(inputs, ())
   assert float(metrics['score_audio']) == 3.0
   assert float(metrics['score_video']) == 1.0
   expected = mlb_coefficients(jnp.array([3.0, 1.0]), alpha=0.8, beta_max=2.0)
@@ -259,20 +322,33 @@ def test_mlb_method_correct_score_uses_counts():
 
 def test_unknown_method_raises():
   with pytest.raises(ValueError, match="unknown method 'ogm_gx'"):
-    make_method('ogm_gx', MODALITIES, _cfg())
+    _make('ogm_gx')
 
 
 def test_unknown_score_raises():
   with pytest.raises(ValueError, match='accuracy'):
-    make_method('mlb', MODALITIES, _cfg(score='accuracy'))
+    _make('mlb', cfg=_cfg(score='accuracy'))
   with pytest.raises(ValueError, match='accuracy'):
-    make_method('joint', MODALITIES, _cfg(score='accuracy'))
+    _make('joint', cfg=_cfg(score='accuracy'))
 
 
 def test_mlb_method_invalid_hyperparameters_raise_at_construction():
   with pytest.raises(ValueError):
-    make_method('mlb', MODALITIES, _cfg(alpha=0.0))
+    _make('mlb', cfg=_cfg(alpha=0.0))
   with pytest.raises(ValueError):
-    make_method('mlb', MODALITIES, _cfg(beta_max=0.5))
-  with pytest.raises(ValueError):
-    make_method('mlb', ('audio',), _cfg())
+    _make('mlb', cfg=_cfg(beta_max=0.5))
+
+
+@pytest.mark.parametrize('name', sorted(DECLARED))
+def test_one_modality_is_refused_by_every_method(name):
+  method = _make(name)
+  with pytest.raises(ValueError, match=f"method '{name}' is defined for .* modalities, got 1"):
+    balancing.check_method(method, ('audio',), balancing.resolve_fusion(method, 'auto'))
+
+
+@pytest.mark.parametrize('name', ['agm', 'pmr'])
+def test_two_modality_methods_refuse_three(name):
+  method = _make(name)
+  with pytest.raises(ValueError, match=f"method '{name}' is defined for exactly 2 modalities, got 3"):
+    balancing.check_method(method, ('audio', 'video', 'text'), 'late_linear')
+  balancing.check_method(method, MODALITIES, 'late_linear')   # two are fine

@@ -1,18 +1,34 @@
-"""Baselines pinned against hand-computed values from METHODS.md §3, plus short training runs."""
+"""Baselines pinned against hand-computed values (docs/methods.md, one section per method), plus short
+training runs."""
 
 import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import base
 from configs import synthetic as synthetic_config
-from mlb_jax import balancing, loop, optim
+from mlb_jax import balancing, build, loop, optim
 from mlb_jax.balancing import agm, mslr, ogm, pmr
 from mlb_jax.models.fusion import MMCosineFusion
 from mlb_jax.train_state import TrainState
+
+MODALITIES = ('audio', 'video')
+
+
+def balancing_config():
+  return base.get_config().balancing
+
+
+def context(steps_per_epoch=4, modalities=MODALITIES, num_classes=3, dim=4):
+  return balancing.MethodContext(tuple(modalities), steps_per_epoch, num_classes, {m: dim for m in modalities})
+
+
+def fake_train_state(method_state):
+  return TrainState(step=jnp.int32(0), params={}, batch_stats={}, opt_state=(), method_state=method_state,
+                    rng=jax.random.key(0))
 
 # --- OGM / OGM-GE -----------------------------------------------------------------------
 
@@ -32,14 +48,15 @@ def test_ogm_three_modalities_compare_with_the_mean_of_the_others():
 
 
 def test_ogm_method_uses_sum_scores_and_its_window():
-  method = ogm.make_ogm(modalities=('audio', 'video'), alpha=0.8, start_step=2, end_step=4,
-                        gradient_noise=False)
+  cfg = balancing_config()
+  cfg.ogm.alpha, cfg.ogm.start_epoch, cfg.ogm.end_epoch = 0.8, 2, 3   # one step per epoch: steps 2, 3
+  method = ogm.make_ogm(MODALITIES, cfg, context(steps_per_epoch=1))
   logits = {'audio': jnp.array([[5.0, 0.0], [5.0, 0.0]]), 'video': jnp.zeros((2, 2))}
   labels = jnp.array([0, 0])
   p = 1 / (1 + math.exp(-5.0))
   for step, active in [(1, False), (2, True), (3, True), (4, False)]:
     inputs = balancing.StepInputs(logits, labels, jnp.int32(step), jax.random.key(0))
-    scales, _, metrics = method.coefficients(inputs, ())
+    scales, _, metrics = method.scales(inputs, ())
     np.testing.assert_allclose(metrics['score_audio'], 2 * p, rtol=1e-6)   # a sum, not a mean
     expected = 1 - math.tanh(0.8 * (2 * p) / 1.0) if active else 1.0
     np.testing.assert_allclose(scales['audio'], expected, rtol=1e-6)
@@ -70,20 +87,44 @@ def test_ogm_ge_noise_follows_the_unscaled_gradient_std_and_leaves_fusion_alone(
 # --- MSLR -------------------------------------------------------------------------------
 
 
+def mslr_context(epoch, accuracy, calls):
+  """An EpochContext whose validation gives `accuracy` = (acc_audio, acc_video) to the contribution heads."""
+  def evaluate(state, split, heads):
+    del state
+    calls.append((epoch, split, list(heads)))
+    return {h: {'accuracy': a, 'ece': 0.0, 'loss': 1.0} for h, a in zip(heads, accuracy)}
+
+  def encode(*args):
+    raise AssertionError('MSLR encodes nothing')
+
+  return balancing.EpochContext(epoch=epoch, step=4 * epoch, steps_per_epoch=4, num_classes=3, seed=0,
+                                evaluate=evaluate, encode=encode)
+
+
 def test_mslr_ratio_after_an_accuracy_history():
-  method = mslr.make_mslr(modalities=('audio', 'video'), initial={'audio': 0.9, 'video': 1.1}, keep_epochs=2)
-  state = method.init_state(('audio', 'video'))
+  cfg = balancing_config()
+  cfg.mslr.initial, cfg.mslr.keep_epochs = {'audio': 0.9, 'video': 1.1}, 2
+  method = mslr.make_mslr(MODALITIES, cfg, context())
+  train_state = fake_train_state(method.init_state({}))
+  calls = []
+  # epoch 0 starts with nothing to read: no evaluation, nothing changes
+  train_state = method.epoch_update(mslr_context(0, None, calls), train_state)
+  assert calls == []
+  np.testing.assert_allclose(train_state.method_state.ratios, [1.0, 1.0])
   history = [(0.50, 0.40), (0.60, 0.40), (0.70, 0.45), (0.60, 0.50)]   # after epochs 0..3
   for epoch, acc in enumerate(history, start=1):
-    state = method.epoch_update(state, {'epoch': epoch, 'accuracy': np.array(acc, np.float32)})
+    train_state = method.epoch_update(mslr_context(epoch, acc, calls), train_state)
+    assert calls[-1] == (epoch, 'val', ['contribution_audio', 'contribution_video'])
     if epoch <= 2:   # e <= K: ratio 1
-      np.testing.assert_allclose(state.ratios, [1.0, 1.0])
+      np.testing.assert_allclose(train_state.method_state.ratios, [1.0, 1.0])
+  assert len(calls) == 4
+  state = train_state.method_state
   # epoch 3: acc (0.70, 0.45) / mean of (0.50, 0.40), (0.60, 0.40) = (0.55, 0.40)
   # epoch 4: acc (0.60, 0.50) / mean of (0.60, 0.40), (0.70, 0.45) = (0.65, 0.425)
   np.testing.assert_allclose(state.ratios, [0.60 / 0.65, 0.50 / 0.425], rtol=1e-6)
   inputs = balancing.StepInputs({'audio': jnp.zeros((2, 3)), 'video': jnp.zeros((2, 3))},
                                 jnp.array([0, 1]), jnp.int32(0), jax.random.key(0))
-  scales, _, _ = method.coefficients(inputs, state)
+  scales, _, _ = method.scales(inputs, state)
   np.testing.assert_allclose([scales['audio'], scales['video']], [0.9 * 0.60 / 0.65, 1.1 * 0.50 / 0.425],
                              rtol=1e-6)
 
@@ -97,8 +138,10 @@ def test_mslr_epoch_three_exactly():
 
 
 def test_mslr_rejects_unknown_modalities():
+  cfg = balancing_config()
+  cfg.mslr.initial = {'text': 1.0}
   with pytest.raises(ValueError, match=r"unknown modalities \['text'\]"):
-    mslr.make_mslr(modalities=('audio', 'video'), initial={'text': 1.0}, keep_epochs=5)
+    mslr.make_mslr(MODALITIES, cfg, context())
 
 
 # --- AGM --------------------------------------------------------------------------------
@@ -137,18 +180,31 @@ def test_agm_scale_gradient_is_identity_forward_and_scales_backward():
 
 
 def test_agm_clip_triggers_only_on_large_fusion_gradients():
-  small = {'audio': {'w': jnp.full((3,), 10.0)}, 'fusion': {'w': jnp.full((2,), 0.5)}}
+  small = {'audio': {'w': jnp.full((3,), 10.0)}, 'fusion': {'kernel': jnp.full((2,), 0.5)}}
   out, m = agm.agm_clip(small)
   np.testing.assert_array_equal(out['audio']['w'], small['audio']['w'])
-  large = {'audio': {'w': jnp.full((3,), 10.0)}, 'fusion': {'w': jnp.array([0.5, -2.0])}}
+  np.testing.assert_allclose(m['clip_factor'], 1.0)
+  large = {'audio': {'w': jnp.full((3,), 10.0)}, 'fusion': {'kernel': jnp.array([0.5, -2.0])}}
   out, m = agm.agm_clip(large)
   norm = math.sqrt(3 * 100 + 0.25 + 4)
   np.testing.assert_allclose(out['audio']['w'], 10.0 / (norm + 1e-6), rtol=1e-6)
+  np.testing.assert_allclose(out['fusion']['kernel'], np.array([0.5, -2.0]) / (norm + 1e-6), rtol=1e-6)
 
 
 def test_agm_needs_two_modalities():
-  with pytest.raises(ValueError, match='exactly 2 modalities'):
-    agm.make_agm(modalities=('audio', 'video', 'text'), alpha=1.0, clip=True)
+  method = agm.make_agm(MODALITIES, balancing_config(), context())
+  with pytest.raises(ValueError, match="'agm' is defined for exactly 2 modalities"):
+    balancing.check_method(method, ('audio', 'video', 'text'), 'late_linear')
+
+
+@pytest.mark.parametrize('name', ['agm', 'pmr'])
+def test_two_modality_methods_with_three_are_refused_by_the_build_naming_the_count(name):
+  # The build refuses the run before training, with the modality-count message of check_method.
+  config = synthetic_config.get_config(f'method={name},smoke')
+  spec = build.DataSpec(('audio', 'video', 'text'), {'audio': (32, 32), 'video': (3, 16, 16, 3), 'text': (8,)},
+                        8, 4)
+  with pytest.raises(ValueError, match=f"'{name}' is defined for exactly 2 modalities, got 3"):
+    build.build_training(config, spec)
 
 
 # --- PMR --------------------------------------------------------------------------------
@@ -211,11 +267,18 @@ def test_mmcosine_logits_are_scaled_cosines():
 
 def test_mmcosine_requires_its_fusion_and_contribution_methods_require_decomposable_fusion():
   cfg = synthetic_config.get_config('smoke').balancing
-  ctx = balancing.MethodContext(1, 3, {'audio': 4, 'video': 4}, 'late_linear')
-  with pytest.raises(ValueError, match="needs model.fusion = 'mmcosine'"):
-    balancing.make_method('mmcosine', ('audio', 'video'), cfg, ctx)
-  with pytest.raises(ValueError, match="needs model.fusion in"):
-    balancing.make_method('ogm', ('audio', 'video'), cfg, ctx._replace(fusion='mid_mlp'))
+  ctx = context()
+  method = balancing.make_method('mmcosine', MODALITIES, cfg, ctx)
+  assert balancing.resolve_fusion(method, 'auto') == 'mmcosine'
+  balancing.check_method(method, MODALITIES, 'mmcosine')
+  with pytest.raises(ValueError, match="'mmcosine' is not defined with model.fusion 'late_linear'"):
+    balancing.check_method(method, MODALITIES, 'late_linear')
+  for name in ('ogm', 'ogm_ge', 'mslr'):
+    method = balancing.make_method(name, MODALITIES, cfg, ctx)
+    for fusion in ('late_linear', 'mmcosine'):
+      balancing.check_method(method, MODALITIES, fusion)
+    with pytest.raises(ValueError, match="needs model.fusion in"):
+      balancing.check_method(method, MODALITIES, 'mid_mlp')
 
 
 # --- every method trains ----------------------------------------------------------------
@@ -231,15 +294,19 @@ def method_config(method, steps):
   config.train.eval_every = steps
   config.train.log_every = 1
   config.balancing.mslr.keep_epochs = 1
-  if method == 'mmcosine':
-    config.model.fusion = 'mmcosine'
-  return config
+  return config   # model.fusion 'auto': mmcosine gets its own fusion
+
+
+def test_all_methods_is_the_registry():
+  assert sorted(ALL_METHODS) == sorted(balancing.METHODS)
 
 
 @pytest.mark.parametrize('method', ALL_METHODS)
 def test_every_method_runs_five_steps_finite(tmp_path, method):
   results = loop.train_and_evaluate(method_config(method, 5), str(tmp_path / method))
-  assert all(np.isfinite(d['loss']) for d in results['test'].values())
+  assert isinstance(results, list) and len(results) == 1
+  assert results[0]['method'] == method
+  assert all(np.isfinite(d['loss']) for d in results[0]['test'].values())
 
 
 @pytest.mark.slow
@@ -250,7 +317,7 @@ def test_every_method_trains_200_steps_without_nan(tmp_path, method, seed):
   config.data.num_train = 320
   config.seed = seed
   results = loop.train_and_evaluate(config, str(tmp_path / method))
-  assert all(np.isfinite(d['loss']) for d in results['test'].values())
+  assert all(np.isfinite(d['loss']) for d in results[0]['test'].values())
 
 
 def test_kernels_only_labels_leave_biases_and_batch_norm_unscaled():
@@ -275,11 +342,16 @@ def test_kernels_only_labels_leave_biases_and_batch_norm_unscaled():
 def test_agm_variants_count_their_passes_and_reject_unknown_ones():
   assert agm.extra_forward_passes('both') == {'encoder': 4, 'fusion': 2}
   assert agm.extra_forward_passes('zeroed') == {'encoder': 2, 'fusion': 2}
+  cfg = balancing_config()
+  cfg.agm.reencode = 'nope'
   with pytest.raises(ValueError, match="reencode must be one of"):
-    agm.make_agm(modalities=('audio', 'video'), alpha=1.0, clip=True, reencode='nope')
+    agm.make_agm(MODALITIES, cfg, context())
+  cfg = balancing_config()
+  cfg.ogm.scale = 'nope'
   with pytest.raises(ValueError, match="ogm.scale must be one of"):
-    ogm.make_ogm(modalities=('audio', 'video'), alpha=1.0, start_step=0, end_step=1,
-                 gradient_noise=False, scale='nope')
+    ogm.make_ogm(MODALITIES, cfg, context())
+  with pytest.raises(ValueError, match="ogm.scale must be one of"):
+    ogm.make_ogm_ge(MODALITIES, cfg, context())
 
 
 @pytest.mark.parametrize('field, value', [('balancing.agm.reencode', 'zeroed'), ('balancing.ogm.scale', 'all')])
@@ -291,4 +363,4 @@ def test_authors_variants_run(tmp_path, field, value):
     target = target[part]
   target[leaf] = value
   results = loop.train_and_evaluate(config, str(tmp_path / 'w'))
-  assert all(np.isfinite(d['loss']) for d in results['test'].values())
+  assert all(np.isfinite(d['loss']) for d in results[0]['test'].values())

@@ -14,7 +14,7 @@ import pytest
 from orbax.checkpoint._src.path import atomicity
 
 from configs import synthetic
-from mlb_jax import checkpointing, loop
+from mlb_jax import build, checkpointing, loop
 from tests.tree_asserts import assert_trees_all_equal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,9 +30,9 @@ def smoke_config(num_steps):
 
 def saved_state(workdir, step=None):
   """The state in `checkpoints/last` (default: its latest step) as host arrays, the rng key as its data."""
-  exp = loop.build(synthetic.get_config('smoke'))
+  exp = build.build(synthetic.get_config('smoke'))
   mngr = checkpointing.manager(workdir, checkpointing.LAST)
-  state, _ = checkpointing.restore(mngr, loop.initial_state(exp), step=step)
+  state, _ = checkpointing.restore(mngr, loop.initial_state([exp]), step=step)
   mngr.close()
   return jax.device_get(state.replace(rng=jax.random.key_data(state.rng)))
 
@@ -75,8 +75,8 @@ def test_corrupted_latest_checkpoint_falls_back_with_a_warning(tmp_path, four_st
   for f in files:
     with open(f, 'wb') as out:
       out.write(b'truncated')
-  with caplog.at_level(logging.INFO):
-    loop.train_and_evaluate(smoke_config(6), workdir)
+  with caplog.at_level(logging.INFO):  # the 4-step run extended to 6 steps
+    loop.train_and_evaluate(smoke_config(6), workdir, allow_changed=('train.num_steps',))
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and damaged in r.getMessage()]
   assert warnings and 'falling back to step 3' in warnings[0]
   assert any('resumed from step 3' in r.getMessage() for r in caplog.records)
@@ -86,9 +86,9 @@ def test_corrupted_latest_checkpoint_falls_back_with_a_warning(tmp_path, four_st
 
 def test_interrupted_save_is_never_restored(tmp_path, four_steps, monkeypatch):
   workdir = shutil.copytree(four_steps, str(tmp_path / 'w'))
-  exp = loop.build(smoke_config(4))
+  exp = build.build(smoke_config(4))
   mngr = checkpointing.manager(workdir, checkpointing.LAST)
-  state, meta, step = checkpointing.restore_latest(mngr, loop.initial_state(exp))
+  state, meta, step = checkpointing.restore_latest(mngr, loop.initial_state([exp]))
   assert step == 4
 
   async def killed_before_rename(self):
@@ -102,7 +102,7 @@ def test_interrupted_save_is_never_restored(tmp_path, four_steps, monkeypatch):
   assert glob.glob(os.path.join(workdir, 'checkpoints', 'last', '5.orbax-checkpoint-tmp*'))
   mngr = checkpointing.manager(workdir, checkpointing.LAST)  # a writing manager also removes the leftover
   assert mngr.all_steps() == [3, 4]
-  assert checkpointing.restore_latest(mngr, loop.initial_state(exp))[2] == 4
+  assert checkpointing.restore_latest(mngr, loop.initial_state([exp]))[2] == 4
   assert not glob.glob(os.path.join(workdir, 'checkpoints', 'last', '5.orbax-checkpoint-tmp*'))
 
 
@@ -116,12 +116,20 @@ def test_resolve_accepts_a_workdir_or_a_step_directory(straight, tmp_path):
 
 def test_evaluate_another_split(straight, tmp_path):
   config = smoke_config(6)
-  results = loop.evaluate_checkpoint(config, str(tmp_path / 'e'), split='train', checkpoint_dir=straight)
+  [results] = loop.evaluate(config, str(tmp_path / 'e'), split='train', checkpoint_dir=straight)
   on_disk = json.load(open(tmp_path / 'e' / 'results_train.json'))
   assert set(on_disk['train']) == {'fused', 'audio', 'video'} and on_disk['train'] == results['train']
   assert os.path.exists(tmp_path / 'e' / 'train_predictions.npz')
+  trained = json.load(open(os.path.join(straight, loop.RESULTS)))
+  assert results['best_step'] == trained['best_step'] and results['val'] == trained['val']
+  # one built experiment evaluates directly, without building again
+  exp = build.build(config)
+  again = loop.evaluate_checkpoint(exp, str(tmp_path / 'e2'), split='train', checkpoint_dir=straight)
+  assert again['train'] == results['train']
   with pytest.raises(ValueError, match="unknown split 'dev'"):
-    loop.evaluate_checkpoint(config, str(tmp_path / 'e'), split='dev', checkpoint_dir=straight)
+    loop.evaluate(config, str(tmp_path / 'e'), split='dev', checkpoint_dir=straight)
+  with pytest.raises(ValueError, match="unknown split 'dev'"):
+    loop.evaluate_checkpoint(exp, str(tmp_path / 'e'), split='dev', checkpoint_dir=straight)
 
 
 def test_run_py_evaluates_a_copied_checkpoint_directory(straight, tmp_path):

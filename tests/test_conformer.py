@@ -1,4 +1,4 @@
-"""Conformer (METHODS.md §4.5): relative-position attention, per-sample attention, padding masks."""
+"""Conformer (docs/methods.md, Conformer): relative-position attention, per-sample attention, padding masks."""
 
 import math
 
@@ -83,7 +83,7 @@ def test_encoder_shapes_params_and_errors(encoder):
 
 def test_attention_is_within_each_sample(encoder):
   # Inference mode: a clip's output does not depend on the other clips of the batch
-  # (the reference code attends across the batch axis; METHODS.md §4.4).
+  # (the reference code attends across the batch axis; docs/methods.md, pretrained features).
   enc, variables, x = encoder
   apply = jax.jit(lambda x: enc.apply(variables, x, train=False))
   np.testing.assert_allclose(apply(x)[1:2], apply(x[1:2]), rtol=1e-5, atol=1e-5)

@@ -286,25 +286,26 @@ def test_config_is_checked_against_the_prepared_data(fixture):
 
 
 def test_training_runs_from_the_prepared_dataset(fixture, tmp_path):
-  from mlb_jax import loop
+  from mlb_jax import build, loop
   c = base.get_config()
   datasets.cremad(c)
   c.data.dir = fixture['out']
   c.data.update(split='kfold', num_folds=3, fold=1, num_workers=0, video_shape=(3, 16, 16, 3),
                 batch_size=2, eval_batch_size=4)
   c.model.encoders = {'audio': 'mlp', 'video': 'mlp'}
-  c.model.mlp_hidden = (8,)
+  c.model.mlp.hidden = (8,)
   c.model.features = 8
   c.train.num_steps = 2
   c.train.eval_every = 2
   c.train.log_every = 1
-  results = loop.train_and_evaluate(c, str(tmp_path / 'w'))
+  [results] = loop.train_and_evaluate(c, str(tmp_path / 'w'))
+  assert tuple(results['config']['model']['mlp']['hidden']) == (8,)
   assert set(results['test']) >= {'fused', 'audio', 'video'}
   assert 0.0 <= results['test']['fused']['accuracy'] <= 1.0
   # the paper's config (two ResNet-18s) builds on the prepared data at the real shapes
   from configs import cremad_mlb
   paper = cremad_mlb.get_config()
   paper.data.update(dir=fixture['out'], split='kfold', num_folds=3, num_workers=0)
-  exp = loop.build(paper)
+  exp = build.build(paper)
   assert exp.dataset.sample_shapes == {'audio': (257, 188), 'video': (3, 224, 224, 3)}
   assert exp.dataset.splits['train'][0]['video'].shape == (3, 224, 224, 3)

@@ -52,18 +52,19 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_two_processes(workdir, num_steps):
+def run_two_processes(workdir, num_steps, *extra):
+  """Both processes' output (stdout and stderr together)."""
   port = free_port()
   command = [sys.executable, 'run.py', '--config=configs/synthetic.py:smoke', f'--workdir={workdir}',
              f'--config.train.num_steps={num_steps}', '--config.train.eval_every=4',
-             '--config.train.log_every=2', f'--coordinator_address=localhost:{port}', '--num_processes=2']
+             '--config.train.log_every=2', f'--coordinator_address=localhost:{port}', '--num_processes=2', *extra]
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   procs = [subprocess.Popen(command + [f'--process_id={i}'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for i in range(2)]
   outputs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
-  return [err for _, err in outputs]
+  return [out + err for out, err in outputs]
 
 
 @pytest.mark.slow
@@ -74,7 +75,7 @@ def test_two_processes_train_resume_and_write_once(tmp_path):
   state_dir = os.path.join(workdir, 'checkpoints', 'last', '4')
   assert sorted(os.listdir(os.path.join(state_dir, 'data_iter'))) == [
       'commit_success.txt', 'process_0-of-2.json', 'process_1-of-2.json']
-  logs = run_two_processes(workdir, 8)
+  logs = run_two_processes(workdir, 8, '--allow_changed=train.num_steps')  # the 4-step run extended
   assert all('resumed from step 4' in log for log in logs)
   history = [json.loads(line) for line in open(os.path.join(workdir, loop.HISTORY))]
   train_steps = [r['step'] for r in history if r['split'] == 'train']

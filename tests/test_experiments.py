@@ -58,21 +58,23 @@ def test_make_runs_seeds_folds_and_paired():
 
 def test_fields_are_typed_and_checked():
   config = synthetic.get_config('smoke')
-  assert runner.parse_value(config, 'balancing.alpha', '1') == 1.0
-  assert isinstance(runner.parse_value(config, 'balancing.alpha', '1'), float)
+  assert runner.parse_value(config, 'balancing.mlb.alpha', '1') == 1.0
+  assert isinstance(runner.parse_value(config, 'balancing.mlb.alpha', '1'), float)
   assert runner.parse_value(config, 'seed', '3') == 3 and isinstance(runner.parse_value(config, 'seed', '3'), int)
   assert runner.parse_value(config, 'method', 'joint') == 'joint'
   with pytest.raises(ValueError, match="'seed' is int; got '1.5'"):
     runner.parse_value(config, 'seed', '1.5')
-  with pytest.raises(ValueError, match="'balancing.alpha' is float; got 'big'"):
-    runner.parse_value(config, 'balancing.alpha', 'big')
+  with pytest.raises(ValueError, match="'balancing.mlb.alpha' is float; got 'big'"):
+    runner.parse_value(config, 'balancing.mlb.alpha', 'big')
+  with pytest.raises(ValueError, match=r"no field 'balancing.alpha' \('alpha' is not in balancing\)"):
+    runner.get_field(config, 'balancing.alpha')  # the flat pre-section name is gone
   with pytest.raises(ValueError, match="no field 'data.fold' \\('fold' is not in data\\)"):
     runner.with_fields(config, {'data.fold': 0})
   with pytest.raises(ValueError, match="config field 'seed' cannot take 'abc'"):
     runner.with_fields(config, {'seed': 'abc'})
-  changed = runner.with_fields(config, {'seed': 5, 'balancing.beta_max': 3.0})
-  assert (changed.seed, changed.balancing.beta_max) == (5, 3.0)
-  assert (config.seed, config.balancing.beta_max) == (0, 4.0)  # the input is left alone
+  changed = runner.with_fields(config, {'seed': 5, 'balancing.mlb.beta_max': 3.0})
+  assert (changed.seed, changed.balancing.mlb.beta_max) == (5, 3.0)
+  assert (config.seed, config.balancing.mlb.beta_max) == (0, 4.0)  # the input is left alone
 
 
 # ---------------------------------------------------------------- aggregation on fixed files
@@ -151,8 +153,14 @@ def test_history_last_record_wins(tmp_path):
 
 # ---------------------------------------------------------------- runner: skip finished runs
 
+def many(train):
+  """A runner `train_many(configs, workdirs)` from a single-run `train(config, workdir)`."""
+  return lambda configs, workdirs: [train(c, w) for c, w in zip(configs, workdirs)]
+
+
 def make_fake_train(accuracy_of):
-  """A `train(config, workdir)` that writes what the loop writes, without training.
+  """A `train(config, workdir)` that writes what the loop writes, without training (`many(train)`
+  serves it to the runner).
 
   `accuracy_of(config) -> (test_acc, val_acc)`, each {head: accuracy}. Test
   predictions get exactly that accuracy (the first round(acc * N) samples right).
@@ -197,13 +205,13 @@ def test_runner_skips_finished_runs_and_resumes_the_rest(tmp_path):
              results_json(runner.with_fields(config, runs[0].assignments), {h: 0.9 for h in HEADS}))
   os.makedirs(tmp_path / 'mlb' / 'seed_1')
   seen = []
-  results = runner.run_variant(config, str(tmp_path), 'mlb', runs, train=train,
+  results = runner.run_variant(config, str(tmp_path), 'mlb', runs, train_many=many(train),
                                on_result=lambda name, run, res, reused: seen.append((name, run.name, reused)))
   assert train.calls == [str(tmp_path / 'mlb' / 'seed_1'), str(tmp_path / 'mlb' / 'seed_2')]
   assert seen == [('mlb', 'seed_0', True), ('mlb', 'seed_1', False), ('mlb', 'seed_2', False)]
   assert results[0]['test']['fused']['accuracy'] == 0.9  # the stored run, not retrained
   assert [r['config']['data']['seed'] for r in results] == [0, 1, 2]
-  runner.run_variant(config, str(tmp_path), 'mlb', runs, train=train)  # everything finished: nothing trains
+  runner.run_variant(config, str(tmp_path), 'mlb', runs, train_many=many(train))  # all finished: nothing trains
   assert len(train.calls) == 2
   assert json.load(open(tmp_path / runner.EXPERIMENT)) == {'variants': ['mlb']}
 
@@ -212,39 +220,40 @@ def test_runner_refuses_a_finished_run_with_another_config(tmp_path):
   config = synthetic.get_config('method=mlb,smoke')
   runs = runner.make_runs(seeds=[0])
   train = make_fake_train(constant_accuracy)
-  runner.run_variant(config, str(tmp_path), 'mlb', runs, train=train)
-  config.balancing.alpha = 0.5
-  with pytest.raises(ValueError, match=r'trained with another config.*balancing.alpha: 2.0 \(stored\) vs 0.5'):
-    runner.run_variant(config, str(tmp_path), 'mlb', runs, train=train)
+  runner.run_variant(config, str(tmp_path), 'mlb', runs, train_many=many(train))
+  config.balancing.mlb.alpha = 0.5
+  with pytest.raises(ValueError, match=r'trained with another config.*balancing.mlb.alpha: 2.0 \(stored\) vs 0.5'):
+    runner.run_variant(config, str(tmp_path), 'mlb', runs, train_many=many(train))
+  assert len(train.calls) == 1  # refused before anything trains
   with pytest.raises(ValueError, match='plain folder name'):
-    runner.run_variant(config, str(tmp_path), '../mlb', runs, train=train)
+    runner.run_variant(config, str(tmp_path), '../mlb', runs, train_many=many(train))
 
 
 # ---------------------------------------------------------------- sweep
 
 def test_sweep_space_parsing_and_points():
   config = synthetic.get_config('smoke')
-  space = sweep.parse_space(config, ['balancing.alpha=0.5,1,2', 'balancing.beta_max=2,4'])
-  assert space['balancing.alpha'] == sweep.Choice((0.5, 1.0, 2.0))
+  space = sweep.parse_space(config, ['balancing.mlb.alpha=0.5,1,2', 'balancing.mlb.beta_max=2,4'])
+  assert space['balancing.mlb.alpha'] == sweep.Choice((0.5, 1.0, 2.0))
   points = sweep.grid_points(space)
-  assert len(points) == 6 and points[1] == {'balancing.alpha': 0.5, 'balancing.beta_max': 4.0}
+  assert len(points) == 6 and points[1] == {'balancing.mlb.alpha': 0.5, 'balancing.mlb.beta_max': 4.0}
   assert sweep.point_name(points[1]) == 'alpha=0.5,beta_max=4'
   drawn = sweep.random_points(space, 4, seed=0)
   assert len(drawn) == 4 and all(p in points for p in drawn) and len({sweep.point_name(p) for p in drawn}) == 4
   assert drawn == sweep.random_points(space, 4, seed=0)
   assert len(sweep.random_points(space, 10, seed=0)) == 6  # at most the grid
-  ranged = sweep.parse_space(config, ['optimizer.learning_rate=loguniform(1e-4, 1e-2)', 'balancing.beta_max=2,4'])
+  ranged = sweep.parse_space(config, ['optimizer.learning_rate=loguniform(1e-4, 1e-2)', 'balancing.mlb.beta_max=2,4'])
   assert ranged['optimizer.learning_rate'] == sweep.Range(1e-4, 1e-2, True)
   lrs = [p['optimizer.learning_rate'] for p in sweep.random_points(ranged, 50, seed=1)]
   assert min(lrs) >= 1e-4 and max(lrs) <= 1e-2 and min(lrs) < 1e-3 < max(lrs)
   with pytest.raises(ValueError, match='needs listed values'):
     sweep.grid_points(ranged)
-  with pytest.raises(ValueError, match="no field 'balancing.gamma'"):
-    sweep.parse_space(config, ['balancing.gamma=1,2'])
+  with pytest.raises(ValueError, match="no field 'balancing.mlb.gamma'"):
+    sweep.parse_space(config, ['balancing.mlb.gamma=1,2'])
   with pytest.raises(ValueError, match="'seed' is int, ranges need a float field"):
     sweep.parse_space(config, ['seed=uniform(0,3)'])
   with pytest.raises(ValueError, match="must be 'field=v1,v2,...'"):
-    sweep.parse_space(config, ['balancing.alpha'])
+    sweep.parse_space(config, ['balancing.mlb.alpha'])
 
 
 def test_sweep_selects_on_validation_only(tmp_path):
@@ -253,14 +262,14 @@ def test_sweep_selects_on_validation_only(tmp_path):
   test_of = {0.5: 0.55, 1.0: 0.62, 2.0: 0.80}
 
   def accuracy_of(config):
-    a, seed = config.balancing.alpha, config.seed
+    a, seed = config.balancing.mlb.alpha, config.seed
     return ({h: test_of[a] + 0.05 * seed for h in HEADS}, {h: val_of[a] + 0.02 * seed for h in HEADS})
 
   config = synthetic.get_config('method=mlb,smoke')
   train = make_fake_train(accuracy_of)
-  space = sweep.parse_space(config, ['balancing.alpha=0.5,1,2'])
+  space = sweep.parse_space(config, ['balancing.mlb.alpha=0.5,1,2'])
   summary = sweep.run_sweep(config, str(tmp_path), sweep.grid_points(space), runner.make_runs(seeds=[0, 1]),
-                            train=train)
+                            train_many=many(train))
   assert len(train.calls) == 6
   chosen = summary['chosen']
   assert chosen['name'] == 'alpha=1'
@@ -283,9 +292,11 @@ def test_report_from_fake_runs_with_reference_models(tmp_path):
   train = make_fake_train(accuracy_of)
   runs = runner.make_runs(seeds=[0, 1])
   for method in ('joint', 'mlb'):
-    runner.run_variant(synthetic.get_config(f'method={method},smoke'), str(tmp_path), method, runs, train=train)
+    runner.run_variant(synthetic.get_config(f'method={method},smoke'), str(tmp_path), method, runs,
+                       train_many=many(train))
   for m in ('audio', 'video'):
-    runner.run_variant(synthetic.get_config(f'unimodal={m},smoke'), str(tmp_path), f'{m}_alone', runs, train=train)
+    runner.run_variant(synthetic.get_config(f'unimodal={m},smoke'), str(tmp_path), f'{m}_alone', runs,
+                       train_many=many(train))
   path = report.write_report(str(tmp_path), reference={'audio': 'audio_alone', 'video': 'video_alone'})
   text = open(path).read()
   assert '| mlb | 2 | 70.00 ± 0.00 |' in text
@@ -314,7 +325,6 @@ def run_cli(*args, timeout=600):
 def test_cli_trains_reports_continues_and_logs_tensorboard(tmp_path):
   """One real (smoke) training through the command line; everything else here uses fake runs."""
   from tensorboard.backend.event_processing import event_accumulator
-  import tensorflow as tf
 
   out = tmp_path / 'exp'
   args = ['--config=configs/synthetic.py:smoke', '--methods=mlb', '--seeds=0', '--seed_fields=seed,data.seed',
@@ -335,16 +345,16 @@ def test_cli_trains_reports_continues_and_logs_tensorboard(tmp_path):
   assert second.returncode == 0 and 'mlb seed_0: test accuracy' in second.stdout and '(reused)' in second.stdout
   assert os.stat(workdir / loop.RESULTS).st_mtime_ns == stamp
 
-  # TensorBoard reads the scalars the loop logged through CLU (stored as tensors, STACK.md §7)
+  # TensorBoard reads the scalars the loop logged (plain scalar summaries, read with its defaults)
   events = glob.glob(str(workdir / 'events.out.tfevents.*'))
   assert len(events) == 1
-  acc = event_accumulator.EventAccumulator(events[0], size_guidance={event_accumulator.TENSORS: 0})
+  acc = event_accumulator.EventAccumulator(events[0])
   acc.Reload()
-  tags = set(acc.Tags()['tensors'])
+  tags = set(acc.Tags()['scalars'])
   for tag in ('train/loss', 'train/scale_audio', 'train/ratio_video', 'val/accuracy_fused', 'val/ece_fused'):
     assert tag in tags, sorted(tags)
   history = aggregate.load_history(str(workdir))
-  logged = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors('train/loss')}
+  logged = {e.step: e.value for e in acc.Scalars('train/loss')}
   assert logged == pytest.approx({r['step']: r['loss'] for r in history['train']})
 
 

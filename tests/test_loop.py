@@ -11,7 +11,7 @@ import pytest
 from configs import arrays as arrays_config
 from configs import base
 from configs import synthetic as synthetic_module
-from mlb_jax import balancing, loop
+from mlb_jax import balancing, build, loop
 from tests.test_data import write_npz
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), '..', 'configs', '*.py')))
@@ -39,8 +39,9 @@ def test_every_config_builds_with_its_smoke_variant(path):
   assert full.method in balancing.METHODS
   assert smoke.train.num_steps <= 5
   if smoke.data.name == 'synthetic':   # real-data configs need a prepared dataset; smoke runs on synthetic
-    exp = loop.build(smoke)
-    assert exp.method.name == smoke.method
+    exp = build.build(smoke)
+    assert exp.training.method.name == smoke.method
+    assert exp.training.num_replicas == 1 and exp.config is smoke
 
 
 def test_parse_arg_rejects_unknown_keys():
@@ -61,7 +62,7 @@ def check_results(results, modalities):
 @pytest.mark.parametrize('method', ['joint', 'multiloss', 'mlb'])
 def test_synthetic_smoke_trains_two_steps_and_writes_results(tmp_path, method):
   config = synthetic_config(f'method={method},smoke')
-  results = loop.train_and_evaluate(config, str(tmp_path / 'w'))
+  [results] = loop.train_and_evaluate(config, str(tmp_path / 'w'))  # one seed: one results dict
   check_results(results, ('audio', 'video'))
   on_disk = json.load(open(tmp_path / 'w' / 'results.json'))
   assert on_disk['method'] == method and on_disk['best_step'] == results['best_step']
@@ -72,18 +73,20 @@ def test_arrays_three_modalities_train(tmp_path):
   path = write_npz(tmp_path / 'three.npz', n=60)
   config = arrays_config.get_config('method=mlb,smoke')
   config.data.path = path
-  results = loop.train_and_evaluate(config, str(tmp_path / 'w'))
+  [results] = loop.train_and_evaluate(config, str(tmp_path / 'w'))
   check_results(results, ('audio', 'video', 'text'))
 
 
 def test_training_resumes_from_the_last_checkpoint(tmp_path):
   config = synthetic_config('smoke')
   config.train.num_steps = 4
-  straight = loop.train_and_evaluate(config, str(tmp_path / 'a'))
+  [straight] = loop.train_and_evaluate(config, str(tmp_path / 'a'))
   config.train.num_steps = 2
   loop.train_and_evaluate(config, str(tmp_path / 'b'))
   config.train.num_steps = 4
-  resumed = loop.train_and_evaluate(config, str(tmp_path / 'b'))
+  with pytest.raises(ValueError, match=r'another config.*train.num_steps: 2 \(stored\) vs 4 \(now\)'):
+    loop.train_and_evaluate(config, str(tmp_path / 'b'))  # a changed config is refused unless allowed
+  [resumed] = loop.train_and_evaluate(config, str(tmp_path / 'b'), allow_changed=('train.num_steps',))
   assert resumed['best_step'] == straight['best_step']
   for head, d in straight['test'].items():
     np.testing.assert_allclose(resumed['test'][head]['loss'], d['loss'], rtol=1e-5)
@@ -106,12 +109,18 @@ def test_bad_config_fails_before_training(field, value, message):
   section, _, key = field.rpartition('.')
   (config[section] if section else config)[key] = value
   with pytest.raises(ValueError, match=message):
-    loop.build(config)
+    build.build(config)
 
 
-def test_missing_workdir_parent(tmp_path):
-  with pytest.raises(FileNotFoundError, match='does not exist'):
-    loop.check_workdir(str(tmp_path / 'no' / 'such' / 'w'))
+def test_workdir_check(tmp_path):
+  missing = tmp_path / 'no' / 'such' / 'w'
+  assert loop.check_workdir(str(missing)) == str(missing)  # training creates it with its parents
+  assert not os.path.exists(tmp_path / 'no')  # the check itself creates nothing
+  (tmp_path / 'file').write_text('not a folder')
+  with pytest.raises(NotADirectoryError, match='exists and is not a directory'):
+    loop.check_workdir(str(tmp_path / 'file'))
+  with pytest.raises(NotADirectoryError, match='exists and is not a directory'):
+    loop.train_and_evaluate(synthetic_config('smoke'), str(tmp_path / 'file'))
 
 
 def test_unimodal_reference_selects_its_own_head(tmp_path):
@@ -120,7 +129,7 @@ def test_unimodal_reference_selects_its_own_head(tmp_path):
   assert config.loss.fused == 0.0 and config.loss.per_modality['video'] == 1.0
   config.train.select_head = 'text'
   with pytest.raises(ValueError, match="train.select_head 'text'"):
-    loop.build(config)
+    build.build(config)
 
 
 @pytest.mark.parametrize('dataset', ['cremad', 'ave', 'ucf101'])
@@ -134,4 +143,8 @@ def test_released_hyperparameters_apply_to_every_method(dataset, method):
     for part in dotted.split('.'):
       target = target[part]
     assert (target.to_dict() if hasattr(target, 'to_dict') else target) == value
-  assert (c.model.fusion == 'mmcosine') == (method == 'mmcosine')
+  # model.fusion='auto' resolves to the method's own fusion: only mmcosine gets the mmcosine head
+  modalities = ('audio', 'video')
+  ctx = balancing.MethodContext(modalities, 10, 6, {m: 8 for m in modalities})
+  built = balancing.make_method(method, modalities, c.balancing, ctx)
+  assert (balancing.resolve_fusion(built, c.model.fusion) == 'mmcosine') == (method == 'mmcosine')

@@ -12,6 +12,7 @@ from ml_collections import config_flags
 
 from configs import base
 from mlb_jax import models
+from tests.tree_asserts import assert_trees_all_close, assert_trees_all_equal
 
 B, C = 4, 5
 FUSION_KEYS = {
@@ -27,16 +28,13 @@ FUSION_KEYS = {
 
 def small_model_config(**overrides):
   c = base.get_config().model
+  c.fusion = 'late_linear'
   c.features = 12
-  c.mlp_hidden = (16,)
-  c.conv_widths = (4,)
-  c.resnet_width = 4
-  c.conformer_dim = 16
-  c.conformer_heads = 2
-  c.conformer_kernel = 3
-  c.conformer_bottleneck = 6
-  c.conformer_layers = 1
-  c.fusion_layers = 1
+  c.mlp.hidden = (16,)
+  c.conv.widths = (4,)
+  c.resnet18.width = 4
+  c.conformer.update(dim=16, heads=2, kernel=3, bottleneck=6, layers=1)
+  c.transformer.update(dim=16, heads=2, kernel=3, layers=1)
   c.encoders = ml_collections.ConfigDict({'audio': 'conv', 'video': 'frames'})
   c.update(overrides)
   return c
@@ -180,6 +178,8 @@ def test_padding_mask_reaches_the_conformer_encoder():
 def test_unknown_names_raise():
   with pytest.raises(ValueError, match="unknown model.fusion 'concat'"):
     build('concat')
+  with pytest.raises(ValueError, match="model.fusion 'auto' must be resolved"):
+    build('auto')
   with pytest.raises(ValueError, match="unknown dtype 'float16'"):
     models.compute_dtype('float16')
   with pytest.raises(ValueError, match="unknown dtype 'float16'"):
@@ -188,12 +188,32 @@ def test_unknown_names_raise():
     models.FiLMFusion(('audio',), C).init(jax.random.key(0), {'audio': jnp.ones((2, 3))}, train=False)
 
 
+def test_model_kernels_setting():
+  """`model.kernels` picks the encoders' ops; parameters and outputs do not depend on it."""
+  cpu = jax.default_backend() == 'cpu'
+  assert models.resolve_kernels('auto') == ('cpu' if cpu else 'plain')
+  assert (models.resolve_kernels('plain'), models.resolve_kernels('cpu')) == ('plain', 'cpu')
+  assert models.kernel_ops('cpu') is models.KERNELS['cpu'] and models.kernel_ops('plain') is models.PLAIN_OPS
+  for bad in ('fast', 'gpu', ''):
+    with pytest.raises(ValueError, match=rf"unknown model.kernels '{bad}'; expected one of \['auto', 'cpu', 'plain'\]"):
+      build('late_linear', kernels=bad)
+  batch = make_batch(('audio', 'video'))
+  built = {k: build('late_linear', kernels=k) for k in ('plain', 'cpu', 'auto')}
+  for k, model in built.items():
+    assert all(enc.keywords['ops'] is models.kernel_ops(k) for enc in model.encoders.values()), k
+  variables = {k: init(m, batch) for k, m in built.items()}
+  assert_trees_all_equal(variables['cpu'], variables['plain'])
+  apply = lambda m: jax.jit(lambda v, b: m.apply(v, b, train=True, mutable=['batch_stats'])[0].logits)
+  assert_trees_all_close(apply(built['cpu'])(variables['plain'], batch),
+                         apply(built['plain'])(variables['plain'], batch), rtol=1e-4, atol=1e-5)
+
+
 def test_encoders_shapes_and_tokens():
   cfg = small_model_config()
   cases = {'mlp': ((7,), (B, 1, 12)), 'conv': ((16, 12), (B, 48, 4)), 'frames': ((2, 8, 8, 3), (B, 32, 4)),
            'resnet18': ((2, 32, 32, 3), (B, 2, 32)), 'conformer': ((6, 10), (B, 6, 16))}
   for name, (shape, token_shape) in cases.items():
-    enc = models.ENCODERS[name](cfg, jnp.float32)()
+    enc = models.ENCODERS[name](cfg, jnp.float32, models.PLAIN_OPS)()
     x = jnp.zeros((B,) + shape)
     variables = jax.eval_shape(lambda x: enc.init(jax.random.key(0), x, train=False), x)
     pooled, tokens = jax.eval_shape(lambda v, x: enc.apply(v, x, train=False, return_tokens=True), variables, x)
@@ -201,13 +221,14 @@ def test_encoders_shapes_and_tokens():
     assert pooled.shape == (B, token_shape[-1] if name in ('resnet18', 'conformer') else 12), name
 
 
-def test_patch_conv_is_nn_conv():
-  """`PatchConv` (the encoders' vmap-friendly conv) computes nn.Conv's SAME, strided map."""
+@pytest.mark.parametrize('kernels', ['plain', 'cpu'])
+def test_patch_conv_is_nn_conv(kernels):
+  """`PatchConv` (the small encoders' conv; im2col with the CPU kernels) computes nn.Conv's SAME, strided map."""
   from mlb_jax.models.encoders import PatchConv
   import flax.linen as nn
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 9, 8, 3)), jnp.float32)
   for stride in (1, 2):
-    ours = PatchConv(5, stride=stride)
+    ours = PatchConv(5, stride=stride, ops=models.KERNELS[kernels])
     params = ours.init(jax.random.key(0), x)
     reference = nn.Conv(5, (3, 3), strides=(stride, stride), use_bias=False)
     assert jax.tree.map(jnp.shape, reference.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, params)
@@ -270,11 +291,13 @@ def parse_config(argv):
 
 def test_cremad_config_has_the_authors_hyperparameters():
   c = parse_config(['--config=configs/cremad_mlb.py'])
-  assert (c.method, c.model.encoder, c.model.fusion, c.model.resnet_width) == ('mlb', 'resnet18', 'late_linear', 64)
+  # fusion 'auto': the build resolves it to late_linear for MLB.
+  assert (c.method, c.model.encoder, c.model.fusion, c.model.resnet18.width) == ('mlb', 'resnet18', 'auto', 64)
+  assert c.model.kernels == 'auto'
   o = c.optimizer
   assert (o.name, o.learning_rate, o.weight_decay, o.eps, o.b1, o.b2) == ('adam', 1e-4, 1e-4, 1e-7, 0.9, 0.999)
   assert (o.schedule, o.warmup_steps, o.restart_period, o.restart_mult) == ('cosine_restarts', 780, 4, 2)
-  assert (c.balancing.alpha, c.balancing.beta_max, c.balancing.apply_to, c.balancing.score) == (
+  assert (c.balancing.mlb.alpha, c.balancing.mlb.beta_max, c.balancing.apply_to, c.balancing.score) == (
       0.8, 2.0, 'gradients', 'probability')
   assert (c.data.name, c.data.batch_size, tuple(c.data.audio_shape), tuple(c.data.video_shape)) == (
       'cremad', 32, (257, 188), (3, 224, 224, 3))
@@ -286,21 +309,20 @@ def test_cremad_config_has_the_authors_hyperparameters():
 
 @pytest.mark.parametrize('fusion', ['film', pytest.param('transformer', marks=pytest.mark.slow)])
 def test_cremad_smoke_with_a_fusion_from_the_command_line_takes_a_step(fusion):
-  from mlb_jax import loop, steps
+  from mlb_jax import build
   c = parse_config(['--config=configs/cremad_mlb.py:smoke', f'--config.model.fusion={fusion}',
-                    '--config.model.conformer_dim=16', '--config.model.conformer_heads=2',
-                    '--config.model.conformer_kernel=3', '--config.model.fusion_layers=1'])
+                    '--config.model.transformer.dim=16', '--config.model.transformer.heads=2',
+                    '--config.model.transformer.kernel=3', '--config.model.transformer.layers=1'])
   assert c.model.fusion == fusion and c.data.name == 'synthetic'
-  exp = loop.build(c)
-  state = loop.initial_state(exp)
+  exp = build.build(c)
+  training = exp.training
+  state = jax.device_get(training.initial_state(exp.dataset.splits['train'][0], [c.seed]))
   assert set(state.params) == {'audio', 'video', 'fusion'} and set(state.params['fusion']) == FUSION_KEYS[fusion]
   assert state.params['video']['encoder']['resnet']['conv1']['kernel'].shape == (7, 7, 3, 8)
   assert state.params['audio']['encoder']['resnet']['conv1']['kernel'].shape == (7, 7, 1, 8)
   from data_pipelines import common
   batch = next(common.train_batches(exp.dataset.splits['train'], batch_size=c.data.batch_size, seed=0))
-  step = steps.make_train_step(model=exp.model, tx=exp.tx, method=exp.method, loss_weights=exp.loss_weights,
-                               donate=False)
-  new, metrics = step(state, batch)
+  new, metrics = training.train_step(jax.device_put(state), training.place_batch([batch]))
   assert all(np.isfinite(float(v)) for v in metrics.values())
   assert 'scale_audio' in metrics and int(new.step) == 1
   moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), new.params, state.params)

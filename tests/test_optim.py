@@ -1,4 +1,4 @@
-"""Optax pieces: scale_by_modality, the optimizer chain (torch semantics) and the LR schedule."""
+"""Optax pieces: scale_by_modality, the optimizer chain (torch semantics), per-label optimizers and the LR schedule."""
 
 import math
 
@@ -9,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from mlb_jax.optim import (cosine_restarts_schedule, make_optimizer, make_schedule, modality_labels,
-                           scale_by_modality)
+from mlb_jax.optim import (ScaleByModalityState, base_optimizer, cosine_restarts_schedule, make_optimizer,
+                           make_schedule, modality_labels, scale_by_modality)
 from tree_asserts import assert_trees_all_close, assert_trees_all_equal
 
 
@@ -101,7 +101,84 @@ def test_scale_by_modality_no_recompilation():
     k = {'audio': jnp.float32(0.5 + i), 'video': jnp.float32(2.0 - 0.3 * i)}
     new, _ = step(updates, state, k)
     np.testing.assert_allclose(new['audio']['w'], updates['audio']['w'] * (0.5 + i), rtol=1e-6)
-  assert len(traces) == 1
+  assert len(traces) == 1 and step._cache_size() == 1
+
+
+def _leafwise_scaling(param_labels):
+  """The hand-written per-leaf loop `scale_by_modality` was before it became a multi_transform (no noise)."""
+  def update_fn(updates, state, params=None, *, modality_scales, **extra_args):
+    labels = param_labels(updates) if callable(param_labels) else param_labels
+    return jax.tree.map(lambda u, label: u * jnp.asarray(modality_scales[label], u.dtype)
+                        if label in modality_scales else u, updates, labels), state
+  return optax.GradientTransformationExtraArgs(lambda params: ScaleByModalityState(), update_fn)
+
+
+def _kernel_params():
+  rng = np.random.default_rng(1)
+  f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
+  branch = lambda: {'encoder': {'Conv_0': {'kernel': f(3, 3, 1, 2)},
+                                'BatchNorm_0': {'scale': f(2), 'bias': f(2)}},
+                    'head': {'kernel': f(2, 3), 'bias': f(3)}}
+  return {'audio': branch(), 'video': branch(), 'fusion': {'kernel': f(4, 3), 'bias': f(3)}}
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize('kernels_only', [False, True])
+def test_scale_by_modality_bit_identical_to_leafwise_loop(dtype, kernels_only):
+  params = _kernel_params()
+  labels = lambda p: modality_labels(p, heads_scaled=not kernels_only, kernels_only=kernels_only)
+  rng = np.random.default_rng(7)
+  updates = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), dtype), params)
+  scales = {'audio': jnp.float32(0.37), 'video': jnp.float32(2.9)}
+  run = lambda tx: jax.jit(lambda u, k: tx.update(u, tx.init(u), modality_scales=k)[0])(updates, scales)
+  assert_trees_all_equal(run(scale_by_modality(labels)), run(_leafwise_scaling(labels)))
+
+
+@pytest.mark.parametrize('name', ['adam', 'sgd'])
+@pytest.mark.parametrize('apply_to', ['gradients', 'updates'])
+def test_make_optimizer_bit_identical_to_leafwise_loop(name, apply_to):
+  cfg = _cfg(name=name, learning_rate=1e-3 if name == 'adam' else 0.1)
+  balance, base = _leafwise_scaling(modality_labels), base_optimizer(cfg)
+  previous = optax.chain(balance, base) if apply_to == 'gradients' else optax.chain(base, balance)
+  got = _run(make_optimizer(cfg, modality_labels, apply_to), _params(), 3)
+  assert_trees_all_equal(got, _run(previous, _params(), 3))
+
+
+def test_scale_by_modality_state_is_empty_and_accepts_a_prefix_label_tree():
+  params = _params()
+  tx = scale_by_modality(modality_labels)
+  assert tx.init(params) == ScaleByModalityState()  # opt_state (and checkpoints) keep their structure
+  assert make_optimizer(_cfg(), modality_labels, 'gradients').init(params)[0] == ScaleByModalityState()
+  prefix = scale_by_modality({'audio': 'audio', 'video': 'video', 'fusion': 'fusion'})
+  kw = dict(modality_scales={'audio': jnp.float32(0.5)}, noise_key=jax.random.key(0), noise_scale=1.0)
+  assert_trees_all_equal(prefix.update(_grads(0), ScaleByModalityState(), **kw)[0],
+                         tx.update(_grads(0), ScaleByModalityState(), **kw)[0])
+
+
+def test_ogm_ge_noise_uses_the_unbiased_std_deterministically():
+  # Hand-computed: leaf i (position among all leaves) gets k u + s (std_{N-1}(u) + 1e-8) z_i,
+  # z_i = N(0, 1) drawn from fold_in(key, i); torch's Tensor.std() divides by N - 1, not N.
+  updates = {'audio': {'b': jnp.asarray([1.0, -2.0, 0.5, 3.0]), 'w': jnp.asarray([[0.2, 0.1], [-0.4, 0.3]])},
+             'fusion': {'w': jnp.ones(3)},
+             'video': {'one': jnp.asarray([2.5]), 'scalar': jnp.float32(-1.5)}}
+  key, k, s = jax.random.key(5), {'audio': jnp.float32(0.5), 'video': jnp.float32(2.0)}, jnp.float32(0.7)
+  tx = scale_by_modality(modality_labels)
+  out, _ = jax.jit(lambda u: tx.update(u, tx.init(u), modality_scales=k, noise_key=key, noise_scale=s))(updates)
+  leaves = jax.tree_util.tree_leaves_with_path(updates)  # audio/b, audio/w, fusion/w, video/one, video/scalar
+  for i, (path, u) in enumerate(leaves):
+    label = path[0].key
+    got = np.asarray(out[label][path[1].key])
+    if label == 'fusion':
+      np.testing.assert_array_equal(got, u)
+      continue
+    z = np.asarray(jax.random.normal(jax.random.fold_in(key, i), u.shape, jnp.float32))
+    u = np.asarray(u, np.float64)
+    std = np.std(u, ddof=1) if u.size > 1 else 0.0  # one element: std 0, so the noise is 1e-8 z
+    np.testing.assert_allclose(got, float(k[label]) * u + float(s) * (std + 1e-8) * z, rtol=1e-6, atol=1e-6)
+    if u.size > 1:  # the population std (ddof=0) would be off by sqrt((N-1)/N)
+      population = float(k[label]) * u + float(s) * (np.std(u) + 1e-8) * z
+      assert not np.allclose(got, population, rtol=1e-3, atol=0)
+    assert np.all(np.isfinite(got))
 
 
 def test_make_optimizer_no_recompilation_across_scales():
@@ -119,7 +196,7 @@ def test_make_optimizer_no_recompilation_across_scales():
   for i in range(5):
     params, state = step(params, state, _grads(i), {'audio': jnp.float32(1.0 + 0.1 * i),
                                                     'video': jnp.float32(1.0 - 0.1 * i)})
-  assert len(traces) == 1
+  assert len(traces) == 1 and step._cache_size() == 1
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
 
@@ -159,7 +236,7 @@ def _numpy_reference(cfg, apply_to, params, n_steps):
   return jax.tree.unflatten(treedef, leaves)
 
 
-def _run(opt, params, n_steps, scales=SCALES):
+def _run(opt, params, n_steps, scales=SCALES, grads=_grads):
   state = opt.init(params)
 
   @jax.jit
@@ -169,7 +246,7 @@ def _run(opt, params, n_steps, scales=SCALES):
 
   for t in range(n_steps):
     k = {lab: jnp.float32(x) for lab, x in scales[t].items()}
-    params, state = step(params, state, _grads(t), k)
+    params, state = step(params, state, grads(t), k)
   return params
 
 
@@ -216,6 +293,90 @@ def test_zero_scale_freezes_modality(name, apply_to):
   assert_trees_all_equal(got['audio'], params['audio'])
   for moved, orig in zip(jax.tree.leaves(got['video']), jax.tree.leaves(params['video'])):
     assert np.all(np.asarray(moved) != np.asarray(orig))
+
+
+# ---------------------------------------------------------------- per-label base optimizers
+
+@pytest.mark.parametrize('name', ['adam', 'sgd'])
+@pytest.mark.parametrize('apply_to', ['gradients', 'updates'])
+def test_per_label_zero_learning_rate_freezes_that_modality_only(name, apply_to):
+  cfg = _cfg(name=name, weight_decay=0.1, learning_rate=1e-3 if name == 'adam' else 0.1)
+  frozen = base_optimizer(_cfg(name=name, weight_decay=0.1, learning_rate=0.0))
+  params = _params()
+  got = _run(make_optimizer(cfg, modality_labels, apply_to, per_label={'audio': frozen}), params, 3)
+  assert_trees_all_equal(got['audio'], params['audio'])
+  for key in ('video', 'fusion'):
+    for moved, orig in zip(jax.tree.leaves(got[key]), jax.tree.leaves(params[key])):
+      assert np.all(np.asarray(moved) != np.asarray(orig))
+  assert_trees_all_equal(got['video'], _run(make_optimizer(cfg, modality_labels, apply_to), params, 3)['video'])
+
+
+@pytest.mark.parametrize('apply_to', ['gradients', 'updates'])
+def test_per_label_with_the_base_optimizer_is_bit_identical(apply_to):
+  cfg = _cfg()
+  params = _params()
+  got = _run(make_optimizer(cfg, modality_labels, apply_to, per_label={'video': base_optimizer(cfg)}), params, 3)
+  assert_trees_all_equal(got, _run(make_optimizer(cfg, modality_labels, apply_to), params, 3))
+
+
+def test_updates_placement_is_a_per_modality_learning_rate():
+  # 'updates' with constant k equals giving each modality the base optimizer at lr * k (to float
+  # rounding: (lr u) k vs (lr k) u); 'gradients' with Adam does not.
+  k = {'audio': 0.5, 'video': 2.0}
+  lr = 1e-3
+  per_label = {m: base_optimizer(_cfg(learning_rate=lr * x)) for m, x in k.items()}
+  want = _run(make_optimizer(_cfg(learning_rate=lr), modality_labels, 'updates', per_label=per_label),
+              _params(), 3, scales=[{}] * 3)
+  got = _run(make_optimizer(_cfg(learning_rate=lr), modality_labels, 'updates'), _params(), 3, scales=[k] * 3)
+  assert_trees_all_close(got, want, rtol=1e-6)
+  grads_first = _run(make_optimizer(_cfg(learning_rate=lr), modality_labels, 'gradients'), _params(), 3,
+                     scales=[k] * 3)
+  assert not np.allclose(grads_first['audio']['w'], want['audio']['w'], rtol=1e-4, atol=0)
+
+
+def test_per_label_own_schedule_and_no_recompilation():
+  # SGD without momentum or decay: video follows its own schedule, the rest the base lr; k still applies.
+  cfg = _cfg(name='sgd', momentum=0.0, weight_decay=0.0, learning_rate=0.1)
+  video_lr = optax.piecewise_constant_schedule(0.2, {1: 0.5})  # 0.2, then 0.1
+  opt = make_optimizer(cfg, modality_labels, 'gradients', per_label={'video': optax.sgd(video_lr)})
+  params = _params()
+  state = jax.jit(opt.init)(params)
+
+  @jax.jit
+  def step(s, g, k):
+    return opt.update(g, s, params, modality_scales=k)
+
+  for t, lr_video in enumerate((0.2, 0.1, 0.1)):
+    k = {'audio': jnp.float32(1.0 + t), 'video': jnp.float32(3.0 - t)}
+    updates, state = step(state, _grads(t), k)
+    assert_trees_all_close(updates['video'], jax.tree.map(lambda g: -lr_video * (3.0 - t) * g, _grads(t)['video']),
+                           rtol=1e-6)
+    assert_trees_all_close(updates['audio'], jax.tree.map(lambda g: -0.1 * (1.0 + t) * g, _grads(t)['audio']),
+                           rtol=1e-6)
+    assert_trees_all_close(updates['fusion'], jax.tree.map(lambda g: -0.1 * g, _grads(t)['fusion']), rtol=1e-6)
+  assert step._cache_size() == 1
+
+
+def test_per_label_key_covers_probe_and_unscaled_labels_unless_given_its_own():
+  params = _kernel_params()
+  labels = lambda p: modality_labels(p, heads_scaled=False, kernels_only=True)  # audio, audio/probe, audio/unscaled
+  frozen = optax.sgd(0.0)
+  grads = lambda t: jax.tree.map(lambda p: p + 1.0 + t, params)
+  got = _run(make_optimizer(_cfg(), labels, 'gradients', per_label={'audio': frozen}), params, 1,
+             scales=[{'audio': 1.0}], grads=grads)
+  assert_trees_all_equal(got['audio'], params['audio'])
+  got = _run(make_optimizer(_cfg(), labels, 'gradients', per_label={'audio': frozen, 'audio/probe': optax.sgd(0.1)}),
+             params, 1, scales=[{'audio': 1.0}], grads=grads)
+  assert_trees_all_equal(got['audio']['encoder'], params['audio']['encoder'])
+  assert not np.allclose(got['audio']['head']['kernel'], params['audio']['head']['kernel'])
+
+
+def test_per_label_errors():
+  opt = make_optimizer(_cfg(), modality_labels, 'gradients', per_label={'text': optax.sgd(0.1)})
+  with pytest.raises(ValueError, match='text'):
+    opt.init(_params())
+  with pytest.raises(ValueError, match='video'):
+    make_optimizer(_cfg(), modality_labels, 'gradients', per_label={'video': 0.1})
 
 
 # ---------------------------------------------------------------- schedule

@@ -148,15 +148,15 @@ def test_skip_nonfinite_keeps_the_previous_state_and_counts_it(tmp_path, monkeyp
   workdir = str(tmp_path / 'w')
   config = nan_config(skip=True)
   config.train.num_steps = 3
-  results = loop.train_and_evaluate(config, workdir)
+  [results] = loop.train_and_evaluate(config, workdir)
   assert np.isfinite(results['test']['fused']['loss'])
   train = [json.loads(line) for line in open(os.path.join(workdir, loop.HISTORY)) if '"train"' in line]
   assert train[-1]['step'] == 3 and train[-1]['skipped'] == 1.0 and np.isfinite(train[-1]['loss'])
   assert checkpointing.manager(workdir, checkpointing.LAST).all_steps() == [2, 3]
   before, after = saved_state(workdir, step=2), saved_state(workdir, step=3)
   assert int(after.step) == 3
-  assert_trees_all_equal((after.params, after.opt_state, after.batch_stats, after.balance_state),
-                         (before.params, before.opt_state, before.batch_stats, before.balance_state))
+  assert_trees_all_equal((after.params, after.opt_state, after.batch_stats, after.method_state),
+                         (before.params, before.opt_state, before.batch_stats, before.method_state))
 
 
 def test_nonfinite_description_and_window_means():

@@ -1,4 +1,5 @@
-"""ResNet-18 encoders (METHODS.md §4.1) and their custom-gradient pieces."""
+"""ResNet-18 encoders (docs/methods.md, ResNet-18 encoders); the CPU kernels
+(mlb_jax/models/cpu_kernels.py) against the plain operations (mlb_jax/models/ops.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,9 +7,14 @@ import numpy as np
 import pytest
 from jax import lax
 
-from mlb_jax.models import resnet
-from mlb_jax.train_state import parameter_count
-from tests.tree_asserts import assert_trees_all_close
+from mlb_jax.models import cpu_kernels, ops, resnet
+from tests.tree_asserts import assert_trees_all_close, assert_trees_all_equal
+
+OPS = {'plain': ops.PLAIN_OPS, 'cpu': cpu_kernels.CPU_OPS}
+
+
+def parameter_count(tree) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
 def torchvision_resnet18_without_fc(in_channels: int) -> int:
@@ -27,14 +33,18 @@ def torchvision_resnet18_without_fc(in_channels: int) -> int:
   return total
 
 
-def test_parameter_count_equals_torchvision_resnet18_without_fc():
+@pytest.mark.parametrize('kernels', sorted(OPS))
+def test_parameter_count_equals_torchvision_resnet18_without_fc(kernels):
   # torchvision: resnet18() has 11,689,512 parameters, fc = 512 * 1000 + 1000.
   assert torchvision_resnet18_without_fc(3) == 11_689_512 - 513_000 == 11_176_512
   assert torchvision_resnet18_without_fc(1) == 11_176_512 - 64 * 2 * 49 == 11_170_240
-  enc = resnet.ResNet18Encoder(width=64)
+  enc = resnet.ResNet18Encoder(width=64, ops=OPS[kernels])
+  plain = resnet.ResNet18Encoder(width=64)
   for shape, expected in (((1, 257, 188), 11_170_240), ((1, 3, 224, 224, 3), 11_176_512)):
     variables = jax.eval_shape(lambda x: enc.init(jax.random.key(0), x, train=False), jnp.zeros(shape))
     assert parameter_count(variables['params']) == expected
+    # The same tree (names, shapes) whatever the kernels.
+    assert variables == jax.eval_shape(lambda x: plain.init(jax.random.key(0), x, train=False), jnp.zeros(shape))
     # Running statistics (torch's buffers) live in batch_stats: mean and var per BN channel.
     bn_params = sum(int(np.prod(x.shape)) for path, x in jax.tree_util.tree_leaves_with_path(
         variables['params']) if path[-1].key in ('scale', 'bias'))
@@ -120,8 +130,9 @@ def test_batch_stats_update_in_train_and_stay_frozen_in_eval(small):
   assert not np.allclose(trained[:1], train(variables, video[:1])[0])
 
 
-def test_bfloat16_compute():
-  enc = resnet.ResNet18Encoder(width=8, dtype=jnp.bfloat16)
+@pytest.mark.parametrize('kernels', sorted(OPS))
+def test_bfloat16_compute(kernels):
+  enc = resnet.ResNet18Encoder(width=8, dtype=jnp.bfloat16, ops=OPS[kernels])
   x = jnp.ones((2, 32, 32, 3))
   variables = jax.jit(lambda x: enc.init(jax.random.key(0), x, train=False))(x)
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables['params']))
@@ -129,23 +140,52 @@ def test_bfloat16_compute():
   assert out.dtype == jnp.float32 and np.all(np.isfinite(out))
 
 
-# ------------------------------------------------------------ custom gradients
+# ------------------------------------------- CPU kernels against the plain ops
+
+# Tolerances of a CPU formulation against the plain op computing in the same dtype:
+# float32 differs by summation order only; bfloat16 by rounding (8 mantissa bits).
+TOL = {'float32': dict(rtol=1e-5, atol=1e-4), 'bfloat16': dict(rtol=2e-2, atol=5e-2)}
 
 
-def test_max_pool_forward_and_gradient_match_xla_with_ties():
+def _as(x, dtype):
+  return jnp.asarray(x, jnp.dtype(dtype))
+
+
+def _f32(tree):
+  return jax.tree.map(lambda a: np.asarray(a, np.float32), tree)
+
+
+def _scaled(tol, ref):
+  """`tol` with atol relative to the largest |value| of the reference tree."""
+  big = max(float(np.max(np.abs(np.asarray(x, np.float32)))) for x in jax.tree.leaves(ref))
+  return dict(rtol=tol['rtol'], atol=tol['atol'] * max(big, 1.0))
+
+
+def test_the_two_op_sets():
+  assert (ops.PLAIN_OPS.name, cpu_kernels.CPU_OPS.name) == ('plain', 'cpu')
+  assert ops.PLAIN_OPS._fields == cpu_kernels.CPU_OPS._fields
+  assert repr(cpu_kernels.CPU_OPS) == "Ops('cpu')"
+  assert resnet.ResNet18Encoder().ops is ops.PLAIN_OPS   # the modules' default
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_max_pool_forward_and_gradient_match_xla_with_ties(dtype):
   rng = np.random.default_rng(0)
   cases = [np.maximum(rng.standard_normal((2, 9, 7, 5)), 0),         # ReLU zeros: ties
            rng.integers(0, 3, (2, 8, 8, 4)).astype(np.float64),     # integer values: many ties
            rng.standard_normal((1, 32, 31, 3))]
-  pool = jax.jit(resnet.max_pool_3x3_s2)
+  pool = jax.jit(cpu_kernels.max_pool_3x3_s2)
   for x in cases:
-    x = jnp.asarray(x, jnp.float32)
-    y = resnet.max_pool_reference(x)
-    np.testing.assert_array_equal(pool(x), y)
-    g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-    ours = jax.jit(lambda x, g: jax.vjp(resnet.max_pool_3x3_s2, x)[1](g)[0])(x, g)
-    ref = jax.vjp(resnet.max_pool_reference, x)[1](g)[0]
-    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
+    x = _as(x, dtype)
+    y = ops.max_pool(x)
+    np.testing.assert_array_equal(_f32(pool(x)), _f32(y))
+    g = _as(rng.standard_normal(y.shape), dtype)
+    ours = jax.jit(lambda x, g: jax.vjp(cpu_kernels.max_pool_3x3_s2, x)[1](g)[0])(x, g)
+    ref = jax.vjp(ops.max_pool, x)[1](g)[0]
+    assert ours.dtype == ref.dtype == x.dtype
+    # The same routing; bfloat16 only rounds where overlapping windows add up.
+    np.testing.assert_allclose(_f32(ours), _f32(ref), **({'rtol': 1e-6, 'atol': 1e-6} if dtype == 'float32'
+                                                          else {'rtol': 1e-2, 'atol': 1e-2}))
 
 
 def test_stem_gradient_under_jit_matches_plain_autodiff():
@@ -157,82 +197,135 @@ def test_stem_gradient_under_jit_matches_plain_autodiff():
   t = jnp.asarray(rng.standard_normal((4, 8, 8, 16)), jnp.float32)
   ones, zeros = jnp.ones(16), jnp.zeros(16)
 
-  def ours(w):
-    y = resnet.batch_norm_train(resnet._conv(x, w, 2, 3), ones, zeros, None, True, 1e-5)[0]
-    return jnp.sum(resnet.max_pool_3x3_s2(y) * t)
+  def stem(o):
+    def loss(w):
+      y = o.batch_norm(o.conv(x, w, 2, 3), ones, zeros, None, True, 1e-5)[0]
+      return jnp.sum(o.max_pool(y) * t)
+    return loss
 
-  def plain(w):
-    y = resnet.batch_norm_reference(resnet._conv(x, w, 2, 3), ones, zeros, relu=True)[0]
-    return jnp.sum(resnet.max_pool_reference(y) * t)
-
-  np.testing.assert_allclose(jax.jit(jax.grad(ours))(w), jax.grad(plain)(w), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(jax.jit(jax.grad(stem(cpu_kernels.CPU_OPS)))(w), jax.grad(stem(ops.PLAIN_OPS))(w),
+                             rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 @pytest.mark.parametrize('kernel,stride,padding,c_in', [
     (1, 2, 0, 16),    # strided slice + matrix product
     (1, 1, 0, 16),
-    (3, 2, 1, 16),    # im2col (small map on CPU)
+    (3, 2, 1, 16),    # im2col (small map)
     (7, 2, 3, 3)])    # XLA's convolution (the 3-channel stem)
-def test_conv2d_gradients_match_plain_convolution(kernel, stride, padding, c_in):
+def test_conv2d_matches_plain_convolution(kernel, stride, padding, c_in, dtype):
   rng = np.random.default_rng(kernel + c_in)
-  x = jnp.asarray(rng.standard_normal((2, 10, 9, c_in)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((kernel, kernel, c_in, 8)), jnp.float32)
-  t = jnp.asarray(rng.standard_normal(resnet._conv(x, w, stride, padding).shape), jnp.float32)
-  loss = lambda conv: lambda x, w: jnp.sum(conv(x, w, stride, padding) * t)
-  ours = jax.jit(jax.value_and_grad(loss(resnet.conv2d), argnums=(0, 1)))(x, w)
-  ref = jax.value_and_grad(loss(resnet._conv), argnums=(0, 1))(x, w)
-  assert_trees_all_close(ours, ref, rtol=1e-5, atol=1e-4)
+  x = _as(rng.standard_normal((2, 10, 9, c_in)), dtype)
+  w = _as(rng.standard_normal((kernel, kernel, c_in, 8)) / np.sqrt(kernel * kernel * c_in), dtype)
+  t = _as(rng.standard_normal(ops.conv(x, w, stride, padding).shape), dtype)
+  loss = lambda conv: lambda x, w: jnp.sum((conv(x, w, stride, padding) * t).astype(jnp.float32))
+  ours = jax.jit(jax.value_and_grad(loss(cpu_kernels.conv2d), argnums=(0, 1)))(x, w)
+  ref = jax.value_and_grad(loss(ops.conv), argnums=(0, 1))(x, w)
+  assert jax.tree.map(jnp.dtype, ours) == jax.tree.map(jnp.dtype, ref)
+  assert_trees_all_close(_f32(ours), _f32(ref), **_scaled(TOL[dtype], ref))
+  assert cpu_kernels.conv2d(x, w, stride, padding).dtype == x.dtype
 
 
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+@pytest.mark.parametrize('kernel,stride,padding', [(3, 1, 1), (3, 2, 1), (7, 2, 3), (2, 2, 0),
+                                                   (3, 2, ((0, 1), (1, 1)))])   # SAME on an even side
+def test_im2col_matches_plain_convolution(kernel, stride, padding, dtype):
+  """`conv_im2col` (small maps; the small encoders' convolutions): value and both gradients."""
+  rng = np.random.default_rng(kernel + stride)
+  x = _as(rng.standard_normal((2, 9, 8, 16)), dtype)
+  w = _as(rng.standard_normal((kernel, kernel, 16, 8)) / np.sqrt(kernel * kernel * 16), dtype)
+  t = _as(rng.standard_normal(ops.conv(x, w, stride, padding).shape), dtype)
+  loss = lambda conv: lambda x, w: jnp.sum((conv(x, w, stride, padding) * t).astype(jnp.float32))
+  ours = jax.jit(jax.value_and_grad(loss(cpu_kernels.conv_im2col), argnums=(0, 1)))(x, w)
+  ref = jax.value_and_grad(loss(ops.conv), argnums=(0, 1))(x, w)
+  assert_trees_all_close(_f32(ours), _f32(ref), **_scaled(TOL[dtype], ref))
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 @pytest.mark.parametrize('relu,with_residual', [(False, False), (True, False), (True, True)])
-def test_batch_norm_matches_plain_autodiff(relu, with_residual):
+def test_batch_norm_matches_plain_autodiff(relu, with_residual, dtype):
   rng = np.random.default_rng(int(relu) + 2 * int(with_residual))
-  x = jnp.asarray(rng.standard_normal((4, 5, 3, 6)) * 3 + 1, jnp.float32)
+  x = _as(rng.standard_normal((4, 5, 3, 6)) * 3 + 1, dtype)
   scale = jnp.asarray(rng.standard_normal(6), jnp.float32)
   bias = jnp.asarray(rng.standard_normal(6), jnp.float32)
-  residual = jnp.asarray(rng.standard_normal(x.shape), jnp.float32) if with_residual else None
-  t = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+  residual = _as(rng.standard_normal(x.shape), dtype) if with_residual else None
+  t = _as(rng.standard_normal(x.shape), dtype)
 
   def loss(fn):
     def f(x, scale, bias, residual):
-      out, mean, var = fn(x, scale, bias, residual)
-      return jnp.sum(out * t), (mean, var)
+      out, mean, var = fn(x, scale, bias, residual, relu, 1e-5)
+      return jnp.sum((out * t).astype(jnp.float32)), (mean, var)
     return f
 
-  ours = loss(lambda *a: resnet.batch_norm_train(*a, relu, 1e-5))
-  ref = loss(lambda *a: resnet.batch_norm_reference(*a, relu=relu, eps=1e-5))
   argnums = (0, 1, 2, 3) if with_residual else (0, 1, 2)
-  (v1, stats1), g1 = jax.jit(jax.value_and_grad(ours, argnums, has_aux=True))(x, scale, bias, residual)
-  (v2, stats2), g2 = jax.value_and_grad(ref, argnums, has_aux=True)(x, scale, bias, residual)
-  np.testing.assert_allclose(v1, v2, rtol=1e-5)
-  assert_trees_all_close(stats1, stats2, rtol=1e-5, atol=1e-6)
-  assert_trees_all_close(g1, g2, rtol=1e-4, atol=1e-5)
+  grad = lambda fn: jax.value_and_grad(loss(fn), argnums, has_aux=True)
+  (v1, stats1), g1 = jax.jit(grad(cpu_kernels.batch_norm_train))(x, scale, bias, residual)
+  (v2, stats2), g2 = grad(ops.batch_norm)(x, scale, bias, residual)
+  assert jax.tree.map(jnp.dtype, g1) == jax.tree.map(jnp.dtype, g2)
+  tol = TOL[dtype]
+  np.testing.assert_allclose(v1, v2, **_scaled(tol, v2))
+  assert_trees_all_close(stats1, stats2, rtol=1e-5, atol=1e-6)   # float32 statistics of the same input
+  assert_trees_all_close(_f32(g1), _f32(g2), **_scaled({'rtol': 1e-4, 'atol': 1e-5} if dtype == 'float32'
+                                                        else tol, g2))
   flat = np.asarray(x, np.float64).reshape(-1, 6)
   np.testing.assert_allclose(stats1[0], flat.mean(0), rtol=1e-5)
   np.testing.assert_allclose(stats1[1], flat.var(0), rtol=1e-4)
 
 
-@pytest.mark.parametrize('kernel,stride,padding', [(3, 1, 1), (3, 2, 1), (7, 2, 3), (2, 2, 0)])
-def test_im2col_matches_plain_convolution(kernel, stride, padding):
-  """`conv_im2col` (small maps on CPU): value and both gradients."""
-  rng = np.random.default_rng(kernel + stride)
-  x = jnp.asarray(rng.standard_normal((2, 9, 8, 16)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((kernel, kernel, 16, 8)), jnp.float32)
-  t = jnp.asarray(rng.standard_normal(resnet._conv(x, w, stride, padding).shape), jnp.float32)
-  loss = lambda conv: lambda x, w: jnp.sum(conv(x, w, stride, padding) * t)
-  ours = jax.jit(jax.value_and_grad(loss(resnet.conv_im2col), argnums=(0, 1)))(x, w)
-  ref = jax.value_and_grad(loss(resnet._conv), argnums=(0, 1))(x, w)
-  assert_trees_all_close(ours, ref, rtol=1e-5, atol=1e-4)
+def test_conv2d_picks_im2col_only_for_small_maps():
+  use = cpu_kernels.use_im2col
+  assert use((96, 2, 2, 512), 3, 512, 1, 1)        # 2 x 2 outputs, any batch
+  assert use((96, 4, 4, 256), 3, 512, 2, 1)        # strided down to 2 x 2
+  assert use((8, 9, 6, 512), 3, 512, 1, 1)         # audio layer4: 432 rows
+  assert not use((24, 7, 7, 512), 3, 512, 1, 1)    # layer4 at 224 px: 1176 rows
+  assert not use((96, 3, 3, 512), 3, 512, 1, 1)    # 3 x 3 outputs, 864 rows
+  assert not use((24, 56, 56, 64), 3, 64, 1, 1)    # layer1
+  assert not use((24, 224, 224, 3), 7, 3, 2, 3)    # the stem (3 channels)
+  assert not use((2, 2, 2, 8), 3, 8, 1, 1)         # fewer than 16 input channels
 
 
-def test_conv2d_picks_im2col_only_for_small_maps_on_cpu():
-  if jax.default_backend() != 'cpu':
-    assert not resnet._use_im2col((24, 4, 4, 512), 3, 512, 1, 1)
-    return
-  assert resnet._use_im2col((96, 2, 2, 512), 3, 512, 1, 1)        # 2 x 2 outputs, any batch
-  assert resnet._use_im2col((96, 4, 4, 256), 3, 512, 2, 1)        # strided down to 2 x 2
-  assert resnet._use_im2col((8, 9, 6, 512), 3, 512, 1, 1)         # audio layer4: 432 rows
-  assert not resnet._use_im2col((24, 7, 7, 512), 3, 512, 1, 1)    # layer4 at 224 px: 1176 rows
-  assert not resnet._use_im2col((96, 3, 3, 512), 3, 512, 1, 1)    # 3 x 3 outputs, 864 rows
-  assert not resnet._use_im2col((24, 56, 56, 64), 3, 64, 1, 1)    # layer1
-  assert not resnet._use_im2col((24, 224, 224, 3), 7, 3, 2, 3)    # the stem (3 channels)
+# --------------------------------------- the whole network with either op set
+
+
+# Shapes where layer1 keeps XLA's convolution and layers 2-4 use im2col (CPU_OPS), with
+# enough positions per BatchNorm channel that float32 rounding is not amplified (with
+# 2 clips of 64 x 47 one layer3 channel turns float32 rounding into 1 % gradient
+# differences between any two summation orders, float64 included).
+NETWORK_INPUTS = {'video': (2, 2, 64, 64, 3),   # 4 frames: layer1 16 x 16 ... layer4 2 x 2
+                  'audio': (4, 64, 47)}         # 1-channel stem, odd width, layer4 2 x 2
+
+
+def _assert_leaves_close(a, b, rel: float):
+  """Every leaf of `a` within `rel` of the same leaf of `b`, relative to that leaf's largest |value|."""
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=10 * rel, atol=rel * float(np.max(np.abs(y))),
+                               err_msg=f'leaf {jax.tree_util.keystr(path)}')
+
+
+@pytest.mark.parametrize('modality', sorted(NETWORK_INPUTS))
+def test_resnet18_with_cpu_kernels_equals_plain(modality):
+  """A full ResNet-18 (w = 64), train-mode forward and backward: `CPU_OPS` computes
+  `PLAIN_OPS`'s features, parameter gradients and BatchNorm statistics, with
+  identical parameter trees."""
+  x = jnp.asarray(np.random.default_rng(0).standard_normal(NETWORK_INPUTS[modality]), jnp.float32)
+  t = jnp.asarray(np.random.default_rng(1).standard_normal((x.shape[0], 512)), jnp.float32)
+  encoders = {name: resnet.ResNet18Encoder(width=64, ops=o) for name, o in OPS.items()}
+  init = lambda e: lambda x: e.init(jax.random.key(0), x, train=False)
+  assert jax.eval_shape(init(encoders['cpu']), x) == jax.eval_shape(init(encoders['plain']), x)
+  variables = jax.jit(init(encoders['plain']))(x)
+  assert parameter_count(variables['params']) == torchvision_resnet18_without_fc(x.shape[-1] if x.ndim == 5 else 1)
+
+  def step(e):
+    def loss(params):
+      pooled, new = e.apply({'params': params, 'batch_stats': variables['batch_stats']}, x, train=True,
+                            mutable=['batch_stats'])
+      return jnp.sum(pooled * t), (pooled, new['batch_stats'])
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
+
+  (loss_cpu, (pooled_cpu, stats_cpu)), grads_cpu = step(encoders['cpu'])
+  (loss_plain, (pooled_plain, stats_plain)), grads_plain = step(encoders['plain'])
+  np.testing.assert_allclose(pooled_cpu, pooled_plain, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(loss_cpu, loss_plain, rtol=1e-4)
+  assert_trees_all_close(stats_cpu, stats_plain, rtol=1e-4, atol=1e-5)
+  assert jax.tree.structure(grads_cpu) == jax.tree.structure(grads_plain)
+  _assert_leaves_close(grads_cpu, grads_plain, 1e-4)   # observed: <= 7e-6

@@ -7,7 +7,7 @@ import jax
 import pytest
 
 from configs import synthetic
-from mlb_jax import loop, runtime
+from mlb_jax import build, loop, runtime
 
 
 def test_profile_steps_parsing():
@@ -19,7 +19,9 @@ def test_profile_steps_parsing():
   config = synthetic.get_config('smoke')
   config.profile_steps = '2'
   with pytest.raises(ValueError, match='profile_steps'):
-    loop.build(config)
+    build.build(config)
+  with pytest.raises(ValueError, match='profile_steps'):  # before anything trains
+    loop.train_and_evaluate(config, '/tmp/never_used')
 
 
 def test_profile_window_traces_only_its_steps(tmp_path):

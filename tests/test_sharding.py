@@ -15,7 +15,8 @@ import numpy as np
 
 from configs import synthetic
 from data_pipelines import common
-from mlb_jax import loop, sharding, steps
+from mlb_jax import build, loop, sharding
+from mlb_jax.build import Experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 8
@@ -35,21 +36,23 @@ def max_abs_diff(a, b) -> float:
 
 
 def run_steps(exp, mesh, batches):
-  """The loop's own pieces: replicated state, batches split on `data`, one jitted step."""
-  state = sharding.replicate(loop.initial_state(exp), mesh)
-  train_step = steps.make_train_step(model=exp.model, tx=exp.tx, method=exp.method,
-                                     loss_weights=exp.loss_weights, mesh=mesh)
+  """The loop's own pieces: the build's state (created replicated on `mesh`), batches split on `data`,
+  one jitted step."""
+  training = build.build_training(exp.config, exp.training.spec, mesh=mesh)
+  assert training.mesh is mesh
+  state = loop.initial_state([Experiment(exp.config, exp.dataset, training)])
+  for x in jax.tree.leaves(state):  # placed by the build's init: no replicate() needed
+    assert x.sharding.is_fully_replicated and x.sharding.num_devices == mesh.devices.size
   history = []
   for batch in batches:
-    placed = sharding.shard_batch(batch, mesh)
+    placed = training.place_batch([batch])
     assert placed['label'].sharding.num_devices == mesh.devices.size
-    state, metrics = train_step(state, placed)
+    state, metrics = training.train_step(state, placed)
     history.append(metrics)
   assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(state.params))
-  eval_step = steps.make_eval_step(model=exp.model, mesh=mesh)
   eval_batch = next(common.eval_batches(exp.dataset.splits['val'], batch_size=exp.config.data.eval_batch_size))
   eval_batch.pop(common.MASK)
-  logits = eval_step(state, sharding.shard_global_batch(eval_batch, mesh))
+  logits = training.eval_step(state, eval_batch)  # a host batch; the build shards it
   return jax.device_get((state.params, state.batch_stats, state.opt_state, history, logits))
 
 
@@ -63,7 +66,7 @@ def equivalence_report() -> dict:
     report['batch_error'] = str(e)
   mesh_all, mesh_one = sharding.make_mesh(), sharding.make_mesh(jax.devices()[:1])
   for method in ('joint', 'mlb'):
-    exp = loop.build(smoke_config(method))
+    exp = build.build(smoke_config(method))
     it = common.train_batches(exp.dataset.splits['train'], batch_size=exp.config.data.batch_size, seed=0)
     batches = [next(it) for _ in range(STEPS)]
     many, one = run_steps(exp, mesh_all, batches), run_steps(exp, mesh_one, batches)
@@ -79,9 +82,9 @@ def checkpoint_report(one_device_workdir: str, out_dir: str) -> dict:
   assert len(jax.devices()) == DEVICES, jax.devices()
   config = smoke_config()
   os.makedirs(out_dir, exist_ok=True)
-  return {'restored_from_one': loop.evaluate_checkpoint(
-              config, os.path.join(out_dir, 'eval_of_one'), checkpoint_dir=one_device_workdir)['test'],
-          'trained_on_eight': loop.train_and_evaluate(config, os.path.join(out_dir, 'eight'))['test']}
+  [restored] = loop.evaluate(config, os.path.join(out_dir, 'eval_of_one'), checkpoint_dir=one_device_workdir)
+  [trained] = loop.train_and_evaluate(config, os.path.join(out_dir, 'eight'))
+  return {'restored_from_one': restored['test'], 'trained_on_eight': trained['test']}
 
 
 def child_env(devices: int) -> dict:
@@ -120,11 +123,12 @@ def test_eight_devices_match_one_device_for_joint_and_mlb():
 
 
 def test_checkpoints_restore_from_eight_devices_on_one_and_back(tmp_path):
-  one = loop.train_and_evaluate(smoke_config(), str(tmp_path / 'one'))['test']
+  [one] = loop.train_and_evaluate(smoke_config(), str(tmp_path / 'one'))
+  one = one['test']
   report = in_eight_device_child('checkpoint_report', str(tmp_path / 'one'), str(tmp_path / 'child'))
   assert_metrics_close(report['restored_from_one'], one)
-  results = loop.evaluate_checkpoint(smoke_config(), str(tmp_path / 'eval_of_eight'),
-                                     checkpoint_dir=str(tmp_path / 'child' / 'eight'))
+  [results] = loop.evaluate(smoke_config(), str(tmp_path / 'eval_of_eight'),
+                            checkpoint_dir=str(tmp_path / 'child' / 'eight'))
   assert_metrics_close(results['test'], report['trained_on_eight'])
   assert results['checkpoint'].endswith(os.path.join('checkpoints', 'best', str(results['best_step'])))
 

@@ -1,31 +1,51 @@
 """train_step / eval_step: loss goes down, scales reach exactly their subtrees, no retrace."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
+import optax
 import pytest
 
-from mlb_jax import balancing, losses, models, optim, steps
-from mlb_jax.balancing import Method
-from mlb_jax.train_state import create_train_state
-from tests.tree_asserts import assert_trees_all_equal
+from configs import base
+from mlb_jax import balancing, build, losses, models, optim, steps
+from mlb_jax.balancing import Method, MethodContext, true_class_probability
+from mlb_jax.train_state import make_init
+from tests.tree_asserts import assert_trees_all_close, assert_trees_all_equal
 
 MODALITIES = ('audio', 'video')
 NUM_CLASSES = 4
+SHAPES = {'audio': (12, 12), 'video': (2, 8, 8, 3)}
+WEIGHTS = {'fused': 1.0, 'audio': 1.0, 'video': 1.0}
 
 
 def model_config(fusion='late_linear'):
-  return ml_collections.ConfigDict(dict(
-      encoder='auto', encoders={'audio': 'conv', 'video': 'frames'}, fusion=fusion, features=16,
-      mlp_hidden=(16,), conv_widths=(4, 8), mid_hidden=16, dropout=0.1, mmcosine_scale=10.0))
+  cfg = base.get_config().model
+  cfg.encoders = {'audio': 'conv', 'video': 'frames'}
+  cfg.fusion = fusion
+  cfg.features = 16
+  cfg.mlp.hidden = (16,)
+  cfg.conv.widths = (4, 8)
+  cfg.mid_mlp.hidden = 16
+  cfg.mid_mlp.dropout = 0.1
+  cfg.mmcosine.scale = 10.0
+  return cfg
 
 
 def optimizer_config(**kw):
-  cfg = dict(name='adam', learning_rate=1e-2, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-7,
-             momentum=0.9, schedule='constant', warmup_steps=0, restart_period=4, restart_mult=2)
-  cfg.update(kw)
-  return ml_collections.ConfigDict(cfg)
+  cfg = base.get_config().optimizer
+  cfg.learning_rate, cfg.weight_decay = 1e-2, 0.0
+  for key, value in kw.items():
+    cfg[key] = value
+  return cfg
+
+
+def balancing_config():
+  cfg = base.get_config().balancing
+  cfg.score = 'probability'
+  cfg.mlb.alpha, cfg.mlb.beta_max = 0.8, 2.0
+  return cfg
 
 
 def make_batch(seed=0, b=8):
@@ -35,17 +55,35 @@ def make_batch(seed=0, b=8):
           'label': (np.arange(b) % NUM_CLASSES).astype(np.int32)}
 
 
+def make_model(fusion='late_linear'):
+  return models.build_model(model_config(fusion), MODALITIES, SHAPES, NUM_CLASSES)
+
+
+def make_tx(method, apply_to='gradients', **opt):
+  """The build's optimizer for `method`: its labels follow `unimodal_heads` and `scaled_params`."""
+  labels = functools.partial(optim.modality_labels, heads_scaled=method.unimodal_heads == 'trained',
+                             kernels_only=method.scaled_params == 'kernels')
+  return optim.make_optimizer(optimizer_config(**opt), labels, apply_to)
+
+
+def jit_step(model, tx, method, weights=None):
+  return jax.jit(functools.partial(steps.train_step, model=model, tx=tx, method=method,
+                                   loss_weights=weights or WEIGHTS))
+
+
+def named_method(name, model):
+  ctx = MethodContext(MODALITIES, 4, NUM_CLASSES, build.feature_dims(model, SHAPES, MODALITIES))
+  return balancing.make_method(name, MODALITIES, balancing_config(), ctx)
+
+
 def setup(method, *, fusion='late_linear', apply_to='gradients', weights=None, **opt):
-  model = models.build_model(model_config(fusion), MODALITIES,
-                             {'audio': (12, 12), 'video': (2, 8, 8, 3)}, NUM_CLASSES)
-  tx = optim.make_optimizer(optimizer_config(**opt), optim.modality_labels, apply_to)
+  model = make_model(fusion)
   if isinstance(method, str):
-    method = balancing.make_method(method, MODALITIES, ml_collections.ConfigDict(
-        dict(score='probability', alpha=0.8, beta_max=2.0)))
-  state = create_train_state(model, tx, method, make_batch(), jax.random.key(0))
-  weights = weights or {'fused': 1.0, 'audio': 1.0, 'video': 1.0}
-  step = steps.make_train_step(model=model, tx=tx, method=method, loss_weights=weights, donate=False)
-  return model, state, step
+    method = named_method(method, model)
+  tx = make_tx(method, apply_to, **opt)
+  batch = make_batch()
+  state = make_init(model, tx, method)({m: batch[m] for m in MODALITIES}, jax.random.key(0))
+  return model, state, jit_step(model, tx, method, weights)
 
 
 def total_loss(model, state, batch, weights):
@@ -55,7 +93,6 @@ def total_loss(model, state, batch, weights):
 
 @pytest.mark.parametrize('method', ['joint', 'multiloss', 'mlb'])
 def test_one_step_lowers_the_loss_on_a_fixed_batch(method):
-  weights = {'fused': 1.0, 'audio': 1.0, 'video': 1.0}
   model, state, step = setup(method, learning_rate=1e-3)
   batch = make_batch(1)
   # Train-mode BatchNorm normalises with batch stats; compare in train mode via a step on the batch itself.
@@ -78,13 +115,29 @@ def test_metrics_cover_every_head_and_modality():
   assert all(np.isfinite(float(v)) for v in metrics.values())
 
 
+def test_methods_without_scales_report_diagnostics_but_no_scale():
+  # joint: score_<m> is the batch-mean true-class probability of the train-mode unimodal
+  # logits (Eq. 4, the authors' reading) and ratio_<m> is Eq. 5; no k, so no scale_<m>.
+  model, state, step = setup('joint')
+  batch = make_batch(2)
+  _, metrics = step(state, batch)
+  out, _ = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, batch, train=True,
+                       mutable=['batch_stats'])   # late_linear and these encoders have no dropout
+  s = {m: float(true_class_probability(out.logits[m], jnp.asarray(batch['label']))) for m in MODALITIES}
+  for m in MODALITIES:
+    np.testing.assert_allclose(metrics[f'score_{m}'], s[m], rtol=1e-5)
+    assert f'scale_{m}' not in metrics
+  np.testing.assert_allclose(metrics['ratio_audio'], s['video'] / s['audio'], rtol=1e-5)
+  np.testing.assert_allclose(metrics['ratio_video'], s['audio'] / s['video'], rtol=1e-5)
+
+
 def fixed_scales(scales):
   """A method returning constant scales, to check where they land."""
-  def coefficients(inputs, state):
+  def scale_fn(inputs, state):
     del inputs
     out = {m: jnp.float32(v) for m, v in scales.items()}
     return out, state, {f'scale_{m}': v for m, v in out.items()}
-  return Method('fixed', False, lambda _: (), coefficients)
+  return Method('fixed', scales=scale_fn)
 
 
 @pytest.mark.parametrize('apply_to', ['gradients', 'updates'])
@@ -113,16 +166,55 @@ def test_joint_heads_are_probes_encoders_see_only_the_fused_loss():
                          state.params['audio']['encoder']['Dense_0']['kernel'])
 
 
+def _identity_chain_step(model, method, state, apply_to, batch):
+  """The same step with the optimizer chain's modality scaling replaced by the identity."""
+  opt = optimizer_config()
+  core = optim.base_optimizer(opt)
+  tx = optax.chain(optax.identity(), core) if apply_to == 'gradients' else optax.chain(core, optax.identity())
+  start = state.replace(opt_state=tx.init(state.params))
+  return jit_step(model, tx, method)(start, batch)[0]
+
+
+@pytest.mark.parametrize('apply_to', ['gradients', 'updates'])
+@pytest.mark.parametrize('name', ['joint', 'multiloss', 'agm', 'pmr', 'mmcosine'])
+def test_methods_without_scales_scale_nothing(name, apply_to):
+  # These methods have no k: `scales` is None, and their step equals the same step with
+  # an optimizer chain that has no modality scaling at all.
+  fusion = 'mmcosine' if name == 'mmcosine' else 'late_linear'
+  model, state, step = setup(name, fusion=fusion, apply_to=apply_to)
+  method = named_method(name, model)
+  assert method.scales is None and method.optimizer_args is None
+  batch = make_batch(4)
+  new, metrics = step(state, batch)
+  if name != 'agm':   # AGM reports its k (which acts inside its loss) as scale_<m>
+    assert not any(k.startswith('scale_') for k in metrics)
+  reference = _identity_chain_step(model, method, state, apply_to, batch)
+  assert_trees_all_close(new.params, reference.params, rtol=1e-6, atol=1e-8)
+  assert_trees_all_close(new.batch_stats, reference.batch_stats, rtol=1e-6, atol=1e-8)
+
+
+def test_identity_chain_comparison_detects_scaling():
+  # The comparison above can fail: MLB's k != 1 moves the encoders differently.
+  model, state, step = setup('mlb')
+  batch = make_batch(4)
+  new, metrics = step(state, batch)
+  assert abs(float(metrics['scale_audio']) - 1.0) > 1e-3
+  method = named_method('mlb', model)
+  reference = _identity_chain_step(model, method, state, 'gradients', batch)
+  assert_trees_all_close(new.params['fusion'], reference.params['fusion'], rtol=1e-6, atol=1e-8)
+  with pytest.raises(AssertionError):
+    assert_trees_all_close(new.params['audio'], reference.params['audio'], rtol=1e-6, atol=1e-8)
+
+
 def test_mlb_step_does_not_retrace_when_k_changes():
   traces = []
-  base = balancing.make_method('mlb', MODALITIES, ml_collections.ConfigDict(
-      dict(score='probability', alpha=0.8, beta_max=2.0)))
+  base_method = named_method('mlb', make_model())
 
   def counting(inputs, state):
     traces.append(1)  # runs only while tracing
-    return base.coefficients(inputs, state)
+    return base_method.scales(inputs, state)
 
-  _, state, step = setup(base._replace(coefficients=counting))
+  _, state, step = setup(base_method._replace(scales=counting))
   scales = []
   for i in range(4):
     state, metrics = step(state, make_batch(i))
@@ -137,7 +229,7 @@ def test_batch_norm_statistics_update_in_training_only():
   changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
                          new.batch_stats, state.batch_stats)
   assert all(jax.tree.leaves(changed))
-  eval_step = steps.make_eval_step(model=model)
+  eval_step = jax.jit(functools.partial(steps.eval_step, model=model))
   logits = eval_step(new, make_batch())
   # late_linear decomposes per modality, so eval also returns each modality's share
   assert set(logits) == {'fused', *MODALITIES, *(f'contribution_{m}' for m in MODALITIES)}
@@ -148,8 +240,9 @@ def test_batch_norm_statistics_update_in_training_only():
 
 def test_eval_is_deterministic_and_batch_independent():
   model, state, _ = setup('mlb', fusion='mid_mlp')
-  eval_step = steps.make_eval_step(model=model)
+  eval_step = jax.jit(functools.partial(steps.eval_step, model=model))
   batch = make_batch(3)
   full = eval_step(state, batch)
   half = eval_step(state, {k: v[:4] for k, v in batch.items()})
   np.testing.assert_allclose(np.asarray(full['fused'])[:4], np.asarray(half['fused']), rtol=1e-5, atol=1e-5)
+  assert not any(k.startswith('contribution_') for k in full)   # mid_mlp does not decompose

@@ -2,6 +2,7 @@
 with a group hold-out, and a fixture in the real layout read through Grain."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ def fixture(tmp_path_factory):
   root = tmp_path_factory.mktemp('ucf')
   raw, out = str(root / 'raw'), str(root / 'prepared')
   ids = write_raw(raw)
-  path = prepare.prepare('ucf101', raw, out, progress=False)
+  path = prepare.prepare('ucf101', raw, out, num_classes=2, progress=False)
   return {'raw': raw, 'out': out, 'path': path, 'ids': ids}
 
 
@@ -132,5 +133,45 @@ def test_class_count_is_checked_and_list_errors_name_the_file(fixture, tmp_path)
   with pytest.raises(ValueError, match='trainlist01.txt:2: expected'):
     ucf101.read_split_list(str(bad))
   os.makedirs(tmp_path / 'UCF-101')
-  with pytest.raises(FileNotFoundError, match='ucfTrainTestlist: missing folder'):
+  with pytest.raises(FileNotFoundError, match=f'{tmp_path}: not a complete UCF101 folder: missing ucfTrainTestlist/ '):
     prepare.prepare('ucf101', str(tmp_path), str(tmp_path / 'out'), progress=False)
+
+
+def test_a_partial_copy_builds_the_classes_present_and_lists_the_missing(fixture, tmp_path):
+  raw, out = str(tmp_path / 'raw'), str(tmp_path / 'out')
+  shutil.copytree(fixture['raw'], raw)
+  shutil.rmtree(os.path.join(raw, 'UCF-101', 'Archery'))  # a copy without one class folder
+  path = prepare.prepare('ucf101', raw, out, num_classes=1, progress=False)
+  meta = prepared.open_prepared(out, 'ucf101', ucf101.VERSION).metadata
+  assert meta['classes'] == ['ApplyEyeMakeup'] and meta['missing_classes'] == ['Archery']
+  assert meta['splits']['clips'] == [i for i in fixture['ids'] if i.startswith('ApplyEyeMakeup/')]
+  missing = os.path.join(raw, 'UCF-101', 'Archery')
+  assert [missing, 'no class folder in this copy (classInd.txt lists Archery)'] in meta['excluded']
+  with open(os.path.join(path, 'excluded.tsv')) as f:
+    assert f'{missing}\tno class folder in this copy (classInd.txt lists Archery)\n' in f.readlines()
+  assert meta['official_splits']['1']['test'] == ['ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi',
+                                                  'ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c02.avi']
+
+
+@pytest.mark.parametrize('expected', [None, 3])
+def test_the_class_count_is_checked_before_the_build(fixture, tmp_path, expected):
+  out = str(tmp_path / 'out')
+  with pytest.raises(ValueError) as e:
+    prepare.prepare('ucf101', fixture['raw'], out, num_classes=expected, progress=False)
+  n = expected or ucf101.NUM_CLASSES
+  assert str(e.value) == (f"{fixture['raw']}: 2 UCF101 classes have videos with an audio track "
+                          f'(ApplyEyeMakeup, Archery), expected {n} (--num_classes, config.data.num_classes)')
+  assert not os.path.exists(out)
+
+
+def test_a_class_left_without_a_usable_clip_stops_the_build(fixture, tmp_path):
+  raw, out = str(tmp_path / 'raw'), str(tmp_path / 'out')
+  shutil.copytree(fixture['raw'], raw)
+  for i in fixture['ids']:  # Archery keeps only its clip too short for 4 frames (and the one without audio)
+    if i.startswith('Archery/') and i not in (SHORT, NO_TRACK):
+      os.remove(os.path.join(raw, 'UCF-101', i))
+  with pytest.raises(ValueError) as e:
+    prepare.prepare('ucf101', raw, out, num_classes=2, progress=False)
+  assert str(e.value) == (f'{raw}: 1 UCF101 classes keep a usable clip (ApplyEyeMakeup), expected 2 '
+                          '(--num_classes, config.data.num_classes); every clip of Archery was unusable or too short')
+  assert not os.path.exists(out)

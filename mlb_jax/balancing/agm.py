@@ -1,5 +1,5 @@
 """AGM: adaptive gradient modulation (Li et al., ICCV 2023), as the MLB authors run it
-(METHODS.md §3.5). Defined for exactly two modalities (a, v).
+(docs/methods.md#agm). Defined for exactly two modalities (a, v).
 
 Forward (inside the differentiated loss): besides the train-mode pass giving
 features f_a, f_v and fused logits z, two inference-mode passes fuse a zeroed
@@ -10,7 +10,7 @@ modality with the other one:
 With `reencode='both'` (the AGM paper and code, default) g_m is the
 inference-mode re-encoding of the real input: both encoders run in inference
 mode for every masked pass. With `reencode='zeroed'` (the MLB authors'
-shortcut, METHODS.md §3.5) g_m = f_m, the train-mode features.
+shortcut, docs/methods.md#agm) g_m = f_m, the train-mode features.
 
     z_a  = (z - z_0v + z_a0) / 2,   z_v = (z - z_a0 + z_0v) / 2
 
@@ -27,8 +27,11 @@ keep the value z_a + z_v = z, while the gradient reaching z_a (z_v) is scaled by
 k_a (k_v). Cost per step: 'both' adds 4 encoder passes (one per modality and
 masked pass) and 2 fusion passes; 'zeroed' adds 2 encoder and 2 fusion passes.
 
-Gradient clipping (authors' `clip_grad: "AGM"`): when any fusion-head gradient
-leaves [-1, 1], all gradients are clipped to global norm 1.
+Gradient clipping (authors' `clip_grad: "AGM"`): when a gradient of the fusion
+weights leaves [-1, 1], the gradients are clipped to global norm 1 (`agm_clip`;
+the probe heads are outside the norm and the clip, as they get no gradient in
+the authors' code). The Transformer fusion needs token sequences that the masked
+passes do not produce: AGM refuses it before training.
 """
 
 from typing import NamedTuple
@@ -37,8 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mlb_jax.balancing.method import (ForwardContext, Method, StepInputs,
-                                      require_two_modalities, score_metrics)
+from mlb_jax.balancing.method import GradInputs, LossInputs, Method, multiloss_objectives, score_metrics
 from mlb_jax.balancing.scores import true_class_probability
 from mlb_jax.losses import FUSED
 
@@ -89,13 +91,27 @@ def agm_coefficients(losses: jax.Array, mean_loss: jax.Array, step: jax.Array, *
   return k, ratios, new_mean
 
 
-def agm_clip(grads, fusion_key: str = 'fusion'):
-  """Clip all gradients to global norm 1 when a fusion gradient leaves [-1, 1]."""
-  fusion = jax.tree.leaves(grads[fusion_key])
-  trigger = jnp.any(jnp.stack([jnp.max(jnp.abs(g)) for g in fusion]) > 1.0)
-  norm = optax.tree.norm(grads)
+def agm_clip(grads, probe_heads: tuple[str, ...] = (), fusion_key: str = 'fusion'):
+  """Clip to global norm 1 when a fusion weight's gradient leaves [-1, 1] (the authors' `clip_grad: "AGM"`).
+
+  The trigger looks at the fusion head's weight matrices (leaves named 'kernel'), not its biases;
+  the norm and the clip cover every gradient except those of the stop-gradient probe heads
+  `params[m]['head']` for m in `probe_heads` (in the authors' code those heads get no gradient).
+  """
+  kernels = [g for path, g in jax.tree_util.tree_leaves_with_path(grads[fusion_key])
+             if getattr(path[-1], 'key', None) == 'kernel']
+  trigger = jnp.any(jnp.stack([jnp.max(jnp.abs(g)) for g in kernels]) > 1.0)
+  clipped = {k: ({**v, 'head': None} if k in probe_heads else v) for k, v in grads.items()}
+  norm = optax.tree.norm(clipped)
   factor = jnp.where(trigger, jnp.minimum(1.0, 1.0 / (norm + 1e-6)), 1.0)
-  return jax.tree.map(lambda g: g * factor.astype(g.dtype), grads), {'clip_factor': factor}
+
+  def scale(key, sub):
+    if key in probe_heads:
+      return {**{k: jax.tree.map(lambda g: g * factor.astype(g.dtype), v) for k, v in sub.items() if k != 'head'},
+              'head': sub['head']}
+    return jax.tree.map(lambda g: g * factor.astype(g.dtype), sub)
+
+  return {k: scale(k, v) for k, v in grads.items()}, {'clip_factor': factor}
 
 
 REENCODE_CHOICES = ('both', 'zeroed')
@@ -106,42 +122,50 @@ def extra_forward_passes(reencode: str) -> dict[str, int]:
   return {'encoder': 4 if reencode == 'both' else 2, 'fusion': 2}
 
 
-def make_agm(*, modalities: tuple[str, ...], alpha: float, clip: bool, reencode: str = 'both') -> Method:
-  require_two_modalities('AGM', modalities)
+# Fusions AGM can re-run on masked features: every fusion that needs only the pooled features.
+AGM_FUSIONS = ('late_linear', 'mid_mlp', 'mmcosine', 'film', 'gated')
+
+
+def make_agm(modalities: tuple[str, ...], cfg, ctx) -> Method:
+  """AGM from `config.balancing.agm` (`alpha`, `clip`, `reencode`)."""
+  del ctx
+  alpha, clip, reencode = cfg.agm.alpha, cfg.agm.clip, cfg.agm.reencode
   if reencode not in REENCODE_CHOICES:
     raise ValueError(f"balancing.agm.reencode must be one of {REENCODE_CHOICES}, got '{reencode}'")
   if not alpha > 0:
-    raise ValueError(f'AGM alpha must be > 0, got {alpha}')
+    raise ValueError(f'balancing.agm.alpha must be > 0, got {alpha}')
   a, v = modalities
 
-  def forward_hook(ctx: ForwardContext, state: AGMState):
-    model, variables, features = ctx.model, ctx.variables, ctx.output.features
+  def loss(inputs: LossInputs, state: AGMState):
+    model, variables, features = inputs.model, inputs.variables, inputs.output.features
 
     def encode(m, zeroed):
-      x = jnp.zeros_like(ctx.batch[m]) if zeroed else ctx.batch[m]
+      x = jnp.zeros_like(inputs.batch[m]) if zeroed else inputs.batch[m]
       return model.apply(variables, {m: x}, train=False, only=(m,), method='encode')[m]
 
     def fuse(feats):
       return model.apply(variables, feats, train=False, method='fuse')
 
     other = {m: encode(m, False) if reencode == 'both' else features[m] for m in modalities}
-    z = ctx.output.logits[FUSED]
+    z = inputs.output.logits[FUSED]
     z_zero_a = fuse({a: encode(a, True), v: other[v]})
     z_zero_v = fuse({a: other[a], v: encode(v, True)})
     z_a, z_v = agm_contributions(z, z_zero_a, z_zero_v)
     sg = jax.lax.stop_gradient
-    losses = jnp.stack([contribution_loss(sg(z_a), ctx.labels), contribution_loss(sg(z_v), ctx.labels)])
-    k, ratios, mean_loss = agm_coefficients(losses, state.mean_loss, ctx.step, alpha=alpha)
+    losses = jnp.stack([contribution_loss(sg(z_a), inputs.labels), contribution_loss(sg(z_v), inputs.labels)])
+    k, ratios, mean_loss = agm_coefficients(losses, state.mean_loss, inputs.step, alpha=alpha)
     combined = scale_gradient(z_a, k[0]) + scale_gradient(z_v, k[1])
-    scores = jnp.stack([true_class_probability(sg(z_a), ctx.labels),
-                        true_class_probability(sg(z_v), ctx.labels)])
-    metrics = score_metrics(modalities, scores, ratios, {a: k[0], v: k[1]})
-    return {**ctx.output.logits, FUSED: combined}, AGMState(mean_loss), metrics
+    scores = jnp.stack([true_class_probability(sg(z_a), inputs.labels),
+                        true_class_probability(sg(z_v), inputs.labels)])
+    objectives, metrics = multiloss_objectives(inputs, {**inputs.output.logits, FUSED: combined})
+    metrics.update(score_metrics(modalities, scores, ratios, {a: k[0], v: k[1]}))
+    return objectives, AGMState(mean_loss), metrics
 
-  def coefficients(inputs: StepInputs, state):
+  def gradients(grads, inputs: GradInputs, state):
     del inputs
-    return {m: jnp.ones((), jnp.float32) for m in modalities}, state, {}
+    grads, metrics = agm_clip(grads, probe_heads=modalities)
+    return grads, state, metrics
 
-  return Method('agm', detach_unimodal=True, init_state=lambda _: AGMState(jnp.zeros((2,), jnp.float32)),
-                coefficients=coefficients, forward_hook=forward_hook,
-                gradient_hook=agm_clip if clip else None)
+  return Method('agm', init_state=lambda params: AGMState(jnp.zeros((2,), jnp.float32)), loss=loss,
+                gradients=gradients if clip else None, unimodal_heads='probe', fusions=AGM_FUSIONS,
+                max_modalities=2)

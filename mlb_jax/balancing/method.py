@@ -1,47 +1,99 @@
-"""The interface every training method implements.
+"""The interface every training method implements (docs/design.md).
 
-A method is a bundle of pure functions over explicit state
-(`TrainState.balance_state`). The train step (`mlb_jax.steps.train_step`)
-calls, in order:
+A method is a bundle of pure functions over explicit state plus a few
+declarations. Its state lives in `TrainState.method_state` (checkpointed, so a
+resumed run continues exactly). The train step (`mlb_jax.steps.train_step`)
+runs, in order:
 
-1. `forward_hook` (optional, inside the differentiated loss): replaces the
-   fused logits of the standard forward pass, e.g. AGM's modulated
-   contributions. Gets a `ForwardContext`.
-2. the multi-loss (Eq. 3) over the logits, plus `loss_hook` (optional, also
-   inside the loss), e.g. PMR's prototype terms.
-3. `gradient_hook` (optional) on the raw gradients, then `coefficients`, with the stop-gradient unimodal logits of
-   this batch (`unimodal_source`: the linear heads, or the fused head's
-   per-modality contributions); the per-modality scales k_i go to
-   `mlb_jax.optim.scale_by_modality`, together with `optimizer_args` (e.g.
-   OGM-GE's noise key).
+1. the train-mode forward pass, then `loss(LossInputs, state)` inside the
+   differentiated function: named objectives whose sum is the loss (default:
+   the multi-loss of Eq. 3, `multiloss_objectives`);
+2. one gradient of the sum (or, with `combine`, one per objective, combined by
+   the method), then `gradients(grads, GradInputs, state)` on the raw
+   gradients (e.g. AGM's conditional clip);
+3. `scales(StepInputs, state)`: per-label k for the Optax transformation
+   `mlb_jax.optim.scale_by_modality` (absent: nothing is scaled), and
+   `optimizer_args(StepInputs, state)`: extra `tx.update` arguments.
 
-Between epochs the loop calls `epoch_update(state, inputs)` with what
-`epoch_input` names ('val_accuracy': MSLR; 'prototypes': PMR).
+Between steps, at the start of every epoch, the loop calls
+`epoch_update(EpochContext, train_state) -> train_state` on the host. The
+context offers generic services only (evaluation of the train or validation
+split, inference-mode features of training batches); the test split is not
+offered, so no method can select anything on it.
+
+Every function is per replica: with several seeds in one step the jitted
+hooks are vmapped together with the step, and `epoch_update` runs once per
+seed.
 """
 
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional
 
 import jax
 
+from mlb_jax import losses
+
+UNIMODAL_HEADS = ('trained', 'probe')
 UNIMODAL_SOURCES = ('heads', 'contributions')
+SCALED_PARAMS = ('all', 'kernels')
+
+
+class MethodContext(NamedTuple):
+  """Facts about the run a method may need when it is built."""
+  modalities: tuple[str, ...]
+  steps_per_epoch: int
+  num_classes: int
+  feature_dims: dict   # {modality: D}, the encoders' output widths
+
+
+class LossInputs(NamedTuple):
+  """What `loss` sees: the model, the variables being differentiated and the train-mode outputs."""
+  model: Any                        # MultimodalClassifier
+  variables: Mapping[str, Any]      # {'params': ..., 'batch_stats': ...}
+  batch: Mapping[str, jax.Array]
+  output: Any                       # ModelOutput of the train-mode forward pass
+  labels: jax.Array                 # int32 [B]
+  step: jax.Array                   # int32 [], 0-based optimizer step
+  rng: jax.Array                    # PRNG key of this step for stochastic methods
+  loss_weights: Mapping[str, float]  # {head: weight} of Eq. 3 (`config.loss`)
+
+
+class GradInputs(NamedTuple):
+  """What `gradients` sees besides the gradients."""
+  params: Any
+  step: jax.Array
+  rng: jax.Array
 
 
 class StepInputs(NamedTuple):
-  """What a method sees of one training step (all arrays, all stop-gradient)."""
-  logits: Mapping[str, jax.Array]   # {modality: [B, C]} unimodal logits (see unimodal_source)
+  """What `scales` and `optimizer_args` see (all arrays, all stop-gradient)."""
+  logits: Mapping[str, jax.Array]   # {modality: [B, C]} unimodal logits (see `unimodal_source`)
   labels: jax.Array                 # int32 [B]
   step: jax.Array                   # int32 [], 0-based optimizer step
-  rng: jax.Array                    # PRNG key for stochastic methods
+  rng: jax.Array
 
 
-class ForwardContext(NamedTuple):
-  """What a `forward_hook` may use: the model, this step's variables and outputs."""
-  model: Any                        # MultimodalClassifier
-  variables: Mapping[str, Any]      # {'params': ..., 'batch_stats': ...} being differentiated
-  batch: Mapping[str, jax.Array]
-  output: Any                       # ModelOutput of the train-mode forward pass
-  labels: jax.Array
-  step: jax.Array
+class EpochContext(NamedTuple):
+  """Host-side services for `epoch_update` at the start of epoch `epoch`.
+
+  Attributes:
+    epoch: the 0-based epoch about to start.
+    step: optimizer steps done so far.
+    steps_per_epoch: training batches per epoch.
+    num_classes: C.
+    seed: the run's seed (`config.seed`).
+    evaluate: `(state, split, heads) -> {head: {'accuracy', 'ece', 'loss', ...}}`
+      over a whole split, 'train' or 'val' ('test' is refused).
+    encode: `(state, num_batches, seed) -> iterator of (features {m: [B, D]}, labels [B])`:
+      inference-mode features of `num_batches` training batches in the order of
+      a shuffle drawn from `seed` (with training augmentation).
+  """
+  epoch: int
+  step: int
+  steps_per_epoch: int
+  num_classes: int
+  seed: int
+  evaluate: Callable[..., dict]
+  encode: Callable[..., Iterator]
 
 
 class Method(NamedTuple):
@@ -49,37 +101,55 @@ class Method(NamedTuple):
 
   Attributes:
     name: the config name (`config.method`).
-    detach_unimodal: when True the unimodal heads are probes: their loss trains
-      the head only (`stop_gradient` on the encoder features), so unimodal
-      accuracy is measured on equal terms for every method.
-    init_state: `modalities -> state` pytree kept in `TrainState.balance_state`.
-    coefficients: `(StepInputs, state) -> (scales, state, metrics)`; scales is
-      `{modality: float32 []}` and metrics a flat dict of scalars.
-    unimodal_source: 'heads' or 'contributions' (needs a fusion whose logits
-      are a sum of per-modality terms: late_linear, mmcosine).
-    optimizer_args: optional `StepInputs -> dict` of extra `tx.update` arguments.
-    forward_hook: optional `(ForwardContext, state) -> (logits, state, metrics)`.
-    loss_hook: optional `(ModelOutput, labels, state, step) -> (loss, state, metrics)`.
-    gradient_hook: optional `grads -> (grads, metrics)` applied to the raw
-      gradients before the optimizer (AGM's conditional clipping).
-    epoch_input: None, 'val_accuracy' or 'prototypes'.
-    epoch_update: optional `(state, inputs) -> state`, called by the loop at
-      the start of every epoch (0-based `epoch` is part of the inputs).
-    scale_kernels_only: the scales reach only weight kernels of a modality's
-      subtree, not biases or BatchNorm parameters (OGM's paper).
+    init_state: `params -> state`, the method's pytree (`()` when it keeps none).
+    loss: `(LossInputs, state) -> (objectives, state, metrics)`; objectives is
+      {name: float32 []} whose sum is differentiated; default Eq. 3.
+    combine: `({objective: grads}, GradInputs, state) -> (grads, state, metrics)`:
+      when given, the step takes one gradient per objective (one batched
+      backward pass) and the method combines them (e.g. MMPareto); when absent,
+      one gradient of the sum.
+    gradients: `(grads, GradInputs, state) -> (grads, state, metrics)` on the
+      raw gradients, before the optimizer.
+    scales: `(StepInputs, state) -> ({label: float32 []}, state, metrics)`.
+    optimizer_args: `(StepInputs, state) -> dict` of extra `tx.update` arguments.
+    epoch_update: `(EpochContext, TrainState) -> TrainState`, host side.
+    unimodal_heads: 'trained' (their losses train the encoders) or 'probe'
+      (stop-gradient on the encoder features: they train the head only, so
+      unimodal accuracy is measured on equal terms for every method).
+    unimodal_source: the unimodal logits `scales` sees: 'heads' or
+      'contributions' (the modality's share of the fused logits; needs a
+      fusion that decomposes per modality, see `DECOMPOSABLE_FUSIONS`).
+    fusion: the fusion the method implies, used when `model.fusion = 'auto'`.
+    fusions: the fusions the method is defined for (None: any).
+    scaled_params: which parameters of a modality's subtree the scales reach:
+      'all', or 'kernels' (weight matrices/filters only, not biases or BatchNorm).
+    min_modalities, max_modalities: the modality counts it is defined for.
   """
   name: str
-  detach_unimodal: bool
-  init_state: Callable[[tuple[str, ...]], Any]
-  coefficients: Callable[[StepInputs, Any], tuple[dict[str, jax.Array], Any, dict[str, jax.Array]]]
-  unimodal_source: str = 'heads'
-  optimizer_args: Optional[Callable[[StepInputs], dict]] = None
-  forward_hook: Optional[Callable] = None
-  loss_hook: Optional[Callable] = None
-  gradient_hook: Optional[Callable] = None
-  epoch_input: Optional[str] = None
+  init_state: Callable[[Any], Any] = lambda params: ()
+  loss: Optional[Callable] = None
+  combine: Optional[Callable] = None
+  gradients: Optional[Callable] = None
+  scales: Optional[Callable] = None
+  optimizer_args: Optional[Callable] = None
   epoch_update: Optional[Callable] = None
-  scale_kernels_only: bool = False
+  unimodal_heads: str = 'trained'
+  unimodal_source: str = 'heads'
+  fusion: Optional[str] = None
+  fusions: Optional[tuple[str, ...]] = None
+  scaled_params: str = 'all'
+  min_modalities: int = 2
+  max_modalities: Optional[int] = None
+
+
+def multiloss_objectives(inputs: LossInputs, logits: Optional[Mapping[str, jax.Array]] = None):
+  """Eq. 3 as objectives: ({'multiloss': weighted sum}, {'loss_<head>': unweighted CE}).
+
+  `logits` replaces the model's logits (e.g. AGM's modulated fused logits).
+  """
+  total, per_head = losses.multi_loss(inputs.output.logits if logits is None else logits, inputs.labels,
+                                      inputs.loss_weights)
+  return {'multiloss': total}, per_head
 
 
 def score_metrics(modalities, scores, ratios, scales) -> dict[str, jax.Array]:
@@ -92,6 +162,12 @@ def score_metrics(modalities, scores, ratios, scales) -> dict[str, jax.Array]:
   return out
 
 
-def require_two_modalities(name: str, modalities: tuple[str, ...]) -> None:
-  if len(modalities) != 2:
-    raise ValueError(f'{name} is defined for exactly 2 modalities, got {len(modalities)}: {list(modalities)}')
+def epochs_to_steps(epoch: float, ctx: MethodContext) -> int:
+  """The first step of epoch `epoch` (0-based)."""
+  return int(round(epoch * ctx.steps_per_epoch))
+
+
+def epoch_window(step: jax.Array, start_epoch: float, end_epoch: float, ctx: MethodContext) -> jax.Array:
+  """bool []: step `step` (0-based) lies in an epoch e with start_epoch <= e <= end_epoch (both included,
+  as the authors' `start <= epoch <= end`)."""
+  return (step >= epochs_to_steps(start_epoch, ctx)) & (step < epochs_to_steps(end_epoch + 1, ctx))

@@ -10,7 +10,7 @@ are equal every k_i is 1 (exactly for M = 2, to float32 rounding for M > 2), so
 balancing fades out by itself.
 
 `beta_max = 2` reproduces every released configuration of the authors' code
-(their default `tanh_mode`, METHODS.md §2.2 / §2.5 item 4).
+(their default `tanh_mode`; docs/methods.md#mlb).
 
 Zero scores. Eq. 5 divides by s_i. We define:
   * s_i = 0 and mean_{j != i} s_j > 0  ->  r_i = R_MAX (a lagging modality at
@@ -86,16 +86,19 @@ def mlb_balance(scores: jax.Array, *, alpha: float, beta_max: float = 2.0) -> ML
   return MLBOutput(ratios, coefficients_from_ratios(ratios, alpha=alpha, beta_max=beta_max))
 
 
-def make_mlb(*, modalities: tuple[str, ...], score: str, alpha: float, beta_max: float):
-  """The MLB training method: multi-loss (Eq. 3) with k_i from Eqs. 4-7 every step."""
-  if len(modalities) < 2:
-    raise ValueError(f'MLB needs at least 2 modalities, got {modalities}')
+def make_mlb(modalities: tuple[str, ...], cfg, ctx) -> Method:
+  """MLB: multi-loss (Eq. 3) with k_i from Eqs. 4-7 every step.
+
+  `cfg` is `config.balancing` (`score`, `mlb.alpha`, `mlb.beta_max`).
+  """
+  del ctx
+  alpha, beta_max, score = cfg.mlb.alpha, cfg.mlb.beta_max, cfg.score
   mlb_balance(jnp.ones(len(modalities)), alpha=alpha, beta_max=beta_max)  # validates alpha, beta_max
 
-  def coefficients(inputs, state):
+  def scales(inputs, state):
     s = modality_scores(inputs.logits, inputs.labels, modalities, score)
     out = mlb_balance(s, alpha=alpha, beta_max=beta_max)
-    scales = {m: out.coefficients[i] for i, m in enumerate(modalities)}
-    return scales, state, score_metrics(modalities, s, out.ratios, scales)
+    k = {m: out.coefficients[i] for i, m in enumerate(modalities)}
+    return k, state, score_metrics(modalities, s, out.ratios, k)
 
-  return Method('mlb', False, lambda _: (), coefficients)
+  return Method('mlb', scales=scales)

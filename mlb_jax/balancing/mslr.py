@@ -1,5 +1,5 @@
 """MSLR: modality-specific learning rates (Yao & Mihalcea, ACL 2022), as re-implemented
-by the AGM code and used by the MLB authors (METHODS.md §3.4).
+by the AGM code and used by the MLB authors (docs/methods.md#mslr).
 
 Per epoch e >= 1, from the validation accuracy acc_i of each modality's share of
 the fused logits at the end of epoch e-1:
@@ -9,16 +9,17 @@ the fused logits at the end of epoch e-1:
 
 then acc_i joins the memory. `ilr` is the initial per-modality rate (authors:
 0.9 audio, 1.1 video) and K = `keep_epochs` (authors: 5). Works for M >= 2.
-The loop evaluates the validation split at every epoch boundary and calls
-`epoch_update`; the jitted step only reads the resulting ratios.
+At every epoch start `epoch_update` evaluates the validation split (through the
+loop's `EpochContext`); the jitted step only reads the resulting ratios.
 """
 
 from typing import Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from mlb_jax.balancing.method import Method, StepInputs, score_metrics
+from mlb_jax.balancing.method import EpochContext, Method, StepInputs, score_metrics
 from mlb_jax.balancing.scores import modality_scores
 
 
@@ -49,8 +50,10 @@ def mslr_epoch_update(state: MSLRState, accuracy: jax.Array, epoch: int) -> MSLR
   return MSLRState(memory, state.stored + 1, ratios)
 
 
-def make_mslr(*, modalities: tuple[str, ...], initial: Mapping[str, float], keep_epochs: int) -> Method:
-  """MSLR with initial rates `initial` ({modality: ilr}, missing = 1.0) and window K."""
+def make_mslr(modalities: tuple[str, ...], cfg, ctx) -> Method:
+  """MSLR from `config.balancing.mslr`: initial rates `initial` ({modality: ilr}, missing = 1.0), window K."""
+  initial, keep_epochs = dict(cfg.mslr.initial), cfg.mslr.keep_epochs
+  del ctx
   unknown = set(initial) - set(modalities)
   if unknown:
     raise ValueError(f'balancing.mslr.initial names unknown modalities {sorted(unknown)}; '
@@ -59,19 +62,25 @@ def make_mslr(*, modalities: tuple[str, ...], initial: Mapping[str, float], keep
     raise ValueError(f'balancing.mslr.keep_epochs must be >= 1, got {keep_epochs}')
   ilr = jnp.asarray([float(initial[m]) if m in initial else 1.0 for m in modalities], jnp.float32)
   m_count = len(modalities)
+  heads = [f'contribution_{m}' for m in modalities]
 
-  def init_state(_):
+  def init_state(params):
+    del params
     return MSLRState(jnp.zeros((keep_epochs, m_count), jnp.float32), jnp.zeros((), jnp.int32),
                      jnp.ones((m_count,), jnp.float32))
 
-  def coefficients(inputs: StepInputs, state: MSLRState):
+  def scales(inputs: StepInputs, state: MSLRState):
     k = state.ratios * ilr
-    scales = {m: k[i] for i, m in enumerate(modalities)}
+    k = {m: k[i] for i, m in enumerate(modalities)}
     s = modality_scores(inputs.logits, inputs.labels, modalities, 'probability')
-    return scales, state, score_metrics(modalities, s, state.ratios, scales)
+    return k, state, score_metrics(modalities, s, state.ratios, k)
 
-  def epoch_update(state, inputs):
-    return mslr_epoch_update(state, inputs['accuracy'], inputs['epoch'])
+  def epoch_update(ctx: EpochContext, train_state):
+    if ctx.epoch < 1:
+      return train_state
+    val = ctx.evaluate(train_state, 'val', heads)
+    accuracy = np.array([val[h]['accuracy'] for h in heads], np.float32)
+    return train_state.replace(method_state=mslr_epoch_update(train_state.method_state, accuracy, ctx.epoch))
 
-  return Method('mslr', detach_unimodal=True, init_state=init_state, coefficients=coefficients,
-                unimodal_source='contributions', epoch_input='val_accuracy', epoch_update=epoch_update)
+  return Method('mslr', init_state=init_state, scales=scales, epoch_update=epoch_update,
+                unimodal_heads='probe', unimodal_source='contributions')

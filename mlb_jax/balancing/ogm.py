@@ -1,7 +1,7 @@
 """OGM and OGM-GE: on-the-fly gradient modulation (Peng et al., CVPR 2022).
 
 Scores are *sum* softmax probabilities of the true class of each modality's
-additive share of the fused logits (METHODS.md §3.3):
+additive share of the fused logits (docs/methods.md#ogm):
 
     S_i   = sum_b softmax(z_i)[b, y_b]
     rho_i = S_i / mean_{j != i} S_j            (M = 2: rho_a = S_a / S_v)
@@ -14,22 +14,23 @@ video; here neither is slowed. The rule generalises to M >= 2 through the mean
 of the other scores.
 
 OGM-GE adds Gaussian noise to every scaled gradient tensor,
-g <- k g + N(0, (std(g) + 1e-8)^2), with std(g) of the unscaled tensor (the
-noise is drawn in `mlb_jax.optim.scale_by_modality` from `noise_key`).
+g <- k g + N(0, (std(g) + 1e-8)^2), with std(g) the unbiased (N - 1) standard
+deviation of the unscaled tensor, as torch's `Tensor.std()` (the noise is drawn
+in `mlb_jax.optim.scale_by_modality` from `noise_key`).
 
-The coefficients are active for steps in [start_step, end_step); outside the
-window k = 1 and no noise is added.
+The coefficients are active in epochs start_epoch <= e <= end_epoch (both
+included, as the authors' code); outside the window k = 1 and no noise is added.
 
 Which parameters. OGM's paper (and code) modulates the encoders' weight
 kernels only; the MLB authors' re-implementation scales every encoder
-parameter, BatchNorm included (METHODS.md §3.3). `scale='kernels'` (default)
+parameter, BatchNorm included (docs/methods.md#ogm). `scale='kernels'` (default)
 follows the paper, `scale='all'` the authors' variant.
 """
 
 import jax
 import jax.numpy as jnp
 
-from mlb_jax.balancing.method import Method, StepInputs, score_metrics
+from mlb_jax.balancing.method import Method, StepInputs, epoch_window, score_metrics
 from mlb_jax.balancing.scores import modality_scores
 
 
@@ -49,31 +50,40 @@ def ogm_coefficients(sum_scores: jax.Array, *, alpha: float) -> jax.Array:
 SCALE_CHOICES = ('kernels', 'all')
 
 
-def make_ogm(*, modalities: tuple[str, ...], alpha: float, start_step: int, end_step: int,
-             gradient_noise: bool, scale: str = 'kernels') -> Method:
-  """OGM (gradient_noise=False) or OGM-GE (True). Needs a fusion with per-modality contributions."""
-  if len(modalities) < 2:
-    raise ValueError(f'OGM needs at least 2 modalities, got {modalities}')
-  if not alpha > 0:
-    raise ValueError(f'OGM alpha must be > 0, got {alpha}')
-  if scale not in SCALE_CHOICES:
-    raise ValueError(f"balancing.ogm.scale must be one of {SCALE_CHOICES}, got '{scale}'")
+def _make(modalities: tuple[str, ...], cfg, ctx, *, gradient_noise: bool) -> Method:
+  """OGM (gradient_noise=False) or OGM-GE (True) from `config.balancing.ogm`."""
+  ogm = cfg.ogm
+  if not ogm.alpha > 0:
+    raise ValueError(f'balancing.ogm.alpha must be > 0, got {ogm.alpha}')
+  if ogm.scale not in SCALE_CHOICES:
+    raise ValueError(f"balancing.ogm.scale must be one of {SCALE_CHOICES}, got '{ogm.scale}'")
+  alpha = ogm.alpha
 
-  def coefficients(inputs: StepInputs, state):
+  def active(step):
+    return epoch_window(step, ogm.start_epoch, ogm.end_epoch, ctx)
+
+  def scales(inputs: StepInputs, state):
     sums = modality_scores(inputs.logits, inputs.labels, modalities, 'probability') * inputs.labels.shape[0]
-    active = (inputs.step >= start_step) & (inputs.step < end_step)
-    k = jnp.where(active, ogm_coefficients(sums, alpha=alpha), 1.0)
-    scales = {m: k[i] for i, m in enumerate(modalities)}
-    metrics = score_metrics(modalities, sums, ogm_ratios(sums), scales)
+    on = active(inputs.step)
+    k = jnp.where(on, ogm_coefficients(sums, alpha=alpha), 1.0)
+    k = {m: k[i] for i, m in enumerate(modalities)}
+    metrics = score_metrics(modalities, sums, ogm_ratios(sums), k)
     if gradient_noise:
-      metrics['noise_active'] = active.astype(jnp.float32)
-    return scales, state, metrics
+      metrics['noise_active'] = on.astype(jnp.float32)
+    return k, state, metrics
 
-  def noise(inputs: StepInputs):
-    active = (inputs.step >= start_step) & (inputs.step < end_step)
-    return {'noise_key': inputs.rng, 'noise_scale': active.astype(jnp.float32)}
+  def noise(inputs: StepInputs, state):
+    del state
+    return {'noise_key': inputs.rng, 'noise_scale': active(inputs.step).astype(jnp.float32)}
 
-  return Method('ogm_ge' if gradient_noise else 'ogm', detach_unimodal=True, init_state=lambda _: (),
-                coefficients=coefficients, unimodal_source='contributions',
-                optimizer_args=noise if gradient_noise else None,
-                scale_kernels_only=scale == 'kernels')
+  return Method('ogm_ge' if gradient_noise else 'ogm', scales=scales,
+                optimizer_args=noise if gradient_noise else None, unimodal_heads='probe',
+                unimodal_source='contributions', scaled_params='kernels' if ogm.scale == 'kernels' else 'all')
+
+
+def make_ogm(modalities, cfg, ctx) -> Method:
+  return _make(modalities, cfg, ctx, gradient_noise=False)
+
+
+def make_ogm_ge(modalities, cfg, ctx) -> Method:
+  return _make(modalities, cfg, ctx, gradient_noise=True)

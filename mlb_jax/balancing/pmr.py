@@ -1,7 +1,8 @@
 """PMR: prototypical modality rebalance (Fan et al., CVPR 2023), as the MLB authors
-run it (METHODS.md §3.6), made robust (§7 item 6). Defined for 2 modalities.
+run it (docs/methods.md#pmr), made robust (docs/methods.md#known-pitfalls-of-the-reference-implementations,
+item 6). Defined for 2 modalities.
 
-Prototypes. At the start of every epoch the loop encodes training batches in
+Prototypes. At the start of every epoch `epoch_update` encodes training batches in
 inference mode (epoch 0: every batch; later: the first `fraction` of a fresh
 shuffle), normalises each batch's features with that batch's mean and variance
 (affine-free BatchNorm, eps 1e-5, as the authors' code) and averages them per
@@ -16,7 +17,7 @@ Per step (inside the loss), with this batch's normalised train-mode features:
     S_m       = sum_b softmax(-d_m)[b, y_b]           (stop-gradient)
     rho       = S_a / (S_v + 1e-5)
     beta_a, beta_v = (0, alpha) if rho > 1, (alpha, 0) if rho < 1, else (0, 0)
-    L        += beta_a CE(-d_a) + beta_v CE(-d_v)     for steps in [start, end)
+    L        += beta_a CE(-d_a) + beta_v CE(-d_v)     in epochs start <= e <= end
 
 so the weaker modality is pulled towards its prototypes.
 """
@@ -25,8 +26,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from mlb_jax.balancing.method import Method, StepInputs, require_two_modalities, score_metrics
+from mlb_jax.balancing.method import (EpochContext, LossInputs, Method, MethodContext, epoch_window,
+                                      multiloss_objectives, score_metrics)
 from mlb_jax.losses import cross_entropy
 
 BN_EPS = 1e-5
@@ -85,44 +88,53 @@ def pmr_betas(sum_scores: jax.Array, alpha: float) -> jax.Array:
   return jnp.stack([beta_a, beta_v]), rho
 
 
-def make_pmr(*, modalities: tuple[str, ...], num_classes: int, feature_dims: dict, alpha: float,
-             momentum: float, start_step: int, end_step: int, fraction: float) -> Method:
-  require_two_modalities('PMR', modalities)
+def make_pmr(modalities: tuple[str, ...], cfg, ctx: MethodContext) -> Method:
+  """PMR from `config.balancing.pmr` (`alpha`, `momentum`, `start_epoch`, `end_epoch`, `fraction`)."""
+  pmr = cfg.pmr
+  alpha, momentum, fraction, num_classes = pmr.alpha, pmr.momentum, pmr.fraction, ctx.num_classes
   if not 0.0 <= momentum < 1.0:
     raise ValueError(f'balancing.pmr.momentum must be in [0, 1), got {momentum}')
   if not 0.0 < fraction <= 1.0:
     raise ValueError(f'balancing.pmr.fraction must be in (0, 1], got {fraction}')
-  dims = {feature_dims[m] for m in modalities}
+  dims = {ctx.feature_dims[m] for m in modalities}
   if len(dims) != 1:
-    raise ValueError(f'PMR needs equal feature widths across modalities, got {feature_dims}')
+    raise ValueError(f'PMR needs equal feature widths across modalities, got {ctx.feature_dims}')
   dim = dims.pop()
 
-  def init_state(_):
+  def init_state(params):
+    del params
     return PMRState(jnp.zeros((2, num_classes, dim), jnp.float32), jnp.zeros((2, num_classes), bool),
                     jnp.zeros((), jnp.int32))
 
-  def loss_hook(output, labels, state: PMRState, step):
-    d = [prototype_distances(output.features[m], state.prototypes[i]) for i, m in enumerate(modalities)]
+  def loss(inputs: LossInputs, state: PMRState):
+    labels, features = inputs.labels, inputs.output.features
+    d = [prototype_distances(features[m], state.prototypes[i]) for i, m in enumerate(modalities)]
     probs = [jax.nn.softmax(-jax.lax.stop_gradient(x), axis=-1) for x in d]
     sums = jnp.stack([jnp.sum(jnp.take_along_axis(p, labels[:, None], axis=-1)) for p in probs])
     betas, rho = pmr_betas(sums, alpha)
-    active = ((step >= start_step) & (step < end_step)).astype(jnp.float32)
+    active = epoch_window(inputs.step, pmr.start_epoch, pmr.end_epoch, ctx).astype(jnp.float32)
     terms = jnp.stack([cross_entropy(-x, labels) for x in d])
-    loss = active * jnp.sum(betas * terms)
-    scales = {m: betas[i] for i, m in enumerate(modalities)}
-    metrics = score_metrics(modalities, sums, jnp.stack([rho, 1.0 / jnp.maximum(rho, 1e-12)]), scales)
-    metrics = {k.replace('scale_', 'pmr_beta_'): v for k, v in metrics.items()}
+    objectives, metrics = multiloss_objectives(inputs)
+    objectives['prototypes'] = active * jnp.sum(betas * terms)
+    betas_of = {m: betas[i] for i, m in enumerate(modalities)}
+    pmr_metrics = score_metrics(modalities, sums, jnp.stack([rho, 1.0 / jnp.maximum(rho, 1e-12)]), betas_of)
+    metrics.update({k.replace('scale_', 'pmr_beta_'): v for k, v in pmr_metrics.items()})
     metrics.update({f'loss_prototype_{m}': terms[i] for i, m in enumerate(modalities)})
     metrics['prototypes_rejected'] = state.rejected.astype(jnp.float32)
-    return loss, state, metrics
+    return objectives, state, metrics
 
-  def coefficients(inputs: StepInputs, state):
-    del inputs
-    return {m: jnp.ones((), jnp.float32) for m in modalities}, state, {}
+  def epoch_update(ectx: EpochContext, train_state):
+    """Prototypes from inference-mode features of training batches (epoch 0: all; later:
+    floor(n * fraction) + 1 batches of a fresh shuffle)."""
+    batches = ectx.steps_per_epoch
+    if ectx.epoch > 0:
+      batches = min(batches, int(batches * fraction) + 1)
+    sums = counts = 0.0
+    for features, labels in ectx.encode(train_state, batches, ectx.seed * 7919 + ectx.epoch):
+      per = [prototype_sums(features[m], labels, num_classes) for m in modalities]
+      sums = sums + np.stack([np.asarray(p[0]) for p in per])
+      counts = counts + np.stack([np.asarray(p[1]) for p in per])
+    return train_state.replace(method_state=update_prototypes(train_state.method_state, sums, counts, momentum))
 
-  def epoch_update(state, inputs):
-    return update_prototypes(state, inputs['sums'], inputs['counts'], momentum)
-
-  return Method('pmr', detach_unimodal=True, init_state=init_state, coefficients=coefficients,
-                loss_hook=loss_hook, epoch_input='prototypes', epoch_update=epoch_update)
-
+  return Method('pmr', init_state=init_state, loss=loss, epoch_update=epoch_update, unimodal_heads='probe',
+                max_modalities=2)

@@ -3,7 +3,7 @@
 Two readings of Eq. 4 are provided:
 
 * `true_class_probability`: the batch mean of the softmax probability of the
-  true class. This is what the authors' code computes (METHODS.md §2.2) and the
+  true class. This is what the authors' code computes (docs/methods.md#mlb-score) and the
   default (`config.balancing.score = 'probability'`).
 * `correct_count`: the literal Eq. 4 reading, the number of samples whose arg-max
   prediction is the true class (`config.balancing.score = 'correct'`).

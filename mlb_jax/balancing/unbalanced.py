@@ -1,18 +1,20 @@
-"""Methods without balancing: Joint Training and Multi-Loss (every k_i = 1)."""
+"""Methods without balancing: Joint Training and Multi-Loss.
 
-import jax.numpy as jnp
+See docs/methods.md#joint-training and docs/methods.md#multi-loss.
 
-from mlb_jax.balancing.method import Method, StepInputs, score_metrics
-from mlb_jax.balancing.mlb import performance_ratios
-from mlb_jax.balancing.scores import modality_scores
+Both train on Eq. 3 with `config.loss` weights and scale nothing. Joint Training's
+unimodal heads are stop-gradient probes (its configs set their loss weights as
+for every method; the probes only measure what each encoder has learned).
+"""
+
+from mlb_jax.balancing.method import Method
 
 
-def unbalanced(name: str, *, detach_unimodal: bool, modalities: tuple[str, ...], score: str) -> Method:
-  """A method with every k_i = 1; s_i and r_i are still reported."""
+def make_joint(modalities, cfg, ctx) -> Method:
+  del modalities, cfg, ctx
+  return Method('joint', unimodal_heads='probe')
 
-  def coefficients(inputs: StepInputs, state):
-    s = modality_scores(inputs.logits, inputs.labels, modalities, score)
-    scales = {m: jnp.ones((), jnp.float32) for m in modalities}
-    return scales, state, score_metrics(modalities, s, performance_ratios(s), scales)
 
-  return Method(name, detach_unimodal, lambda _: (), coefficients)
+def make_multiloss(modalities, cfg, ctx) -> Method:
+  del modalities, cfg, ctx
+  return Method('multiloss')

@@ -8,7 +8,7 @@
       --folds=1,2,3 --seeds=109,19,337 --name=mlb --out=workdirs/cremad
   # a grid search selected on validation accuracy
   python -m mlb_jax.experiments --mode=sweep --config=configs/synthetic.py:method=mlb \\
-      --grid=balancing.alpha=0.5,1,2 --grid=balancing.beta_max=2,4 --seeds=0,1 --out=workdirs/sweep
+      --grid=balancing.mlb.alpha=0.5,1,2 --grid=balancing.mlb.beta_max=2,4 --seeds=0,1 --out=workdirs/sweep
   # the report again (e.g. after adding variants), agreement against unimodal runs
   python -m mlb_jax.experiments --mode=report --out=workdirs/synthetic \\
       --reference=audio=audio_alone,video=video_alone
@@ -17,6 +17,8 @@ Every run lives in `<out>/<variant>/<run>/`; finished runs (results.json
 present) are skipped, so re-running a command continues an interrupted
 experiment. `--config.<field>=<value>` overrides apply to every run;
 `--config.num_seeds=3` trains 3 runs of a variant at a time in one vmapped step.
+Installed (`pip install .`), `mlb-experiments` is the same command; --config paths
+such as configs/synthetic.py then work from any directory.
 """
 
 import os
@@ -27,11 +29,13 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 import shlex  # noqa: E402
 import sys  # noqa: E402
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'An ml_collections config file (":arg" picks a variant); needed by run and sweep.')
+from mlb_jax import cli  # noqa: E402
+
+_CONFIG = cli.define_config_flag(
+    None, 'An ml_collections config file (":arg" picks a variant); needed by run and sweep. Looked up in the '
+    'current directory, then next to the installed configs package.')
 _MODE = flags.DEFINE_enum('mode', 'run', ['run', 'sweep', 'report'],
                           'run: train every variant over the runs, then report; sweep: search --grid; '
                           'report: only (re)write the report of --out.')
@@ -53,12 +57,34 @@ _TITLE = flags.DEFINE_string('title', '', 'Report heading; default the folder na
 _GRID = flags.DEFINE_multi_string('grid', [], "sweep: 'field=v1,v2,...' or 'field=[log]uniform(lo,hi)'.")
 _RANDOM = flags.DEFINE_integer('random', 0, 'sweep: draw this many points (0: the full grid).')
 _SWEEP_SEED = flags.DEFINE_integer('sweep_seed', 0, 'sweep: seed of the random draw.')
+_VERBOSE = flags.DEFINE_bool('verbose', False, 'Every library log record on the console (default: progress '
+                             'lines here, the full log in <out>/experiment.log).')
+LOG = 'experiment.log'
 
 
 def _print_run(variant, run, results, reused):
   test = results['test']
   print(f'{variant} {run.name}: test accuracy ' + ', '.join(f"{h} {d['accuracy']:.4f}" for h, d in test.items())
         + (' (reused)' if reused else ''), flush=True)
+
+
+def _progress(total_runs: int):
+  """(train_many, on_result) that show every run's progress and the whole experiment's ETA."""
+  from mlb_jax import console, loop
+  show = console.Console(runs=total_runs) if not _VERBOSE.value else None
+
+  def train_many(configs, workdirs):
+    if show is not None:
+      show.begin_run(f"{os.path.basename(os.path.dirname(workdirs[0]))} "
+                     f"{','.join(os.path.basename(w) for w in workdirs)}")
+    return loop.train_and_evaluate_many(configs, workdirs, progress=show)
+
+  def on_result(variant, run, results, reused):
+    if show is not None:
+      show.end_runs(1)
+    _print_run(variant, run, results, reused)
+
+  return train_many, on_result
 
 
 def _reference():
@@ -80,7 +106,9 @@ def _experiment():
   from mlb_jax import report
   from mlb_jax.experiments import aggregate, runner, sweep
 
-  command = ' '.join(['python -m mlb_jax.experiments', *map(shlex.quote, sys.argv[1:])])
+  program = ('mlb-experiments' if os.path.basename(sys.argv[0]) == 'mlb-experiments'
+             else 'python -m mlb_jax.experiments')
+  command = ' '.join([program, *map(shlex.quote, sys.argv[1:])])
   if _MODE.value == 'report':
     path = report.write_report(_OUT.value, std=_STD.value, reference=_reference(), title=_TITLE.value,
                                command=command)
@@ -94,20 +122,26 @@ def _experiment():
   for run in runs:  # a missing seed/fold field fails now, not after the first variant trained
     runner.with_fields(config, run.assignments)
   os.makedirs(_OUT.value, exist_ok=True)
+  if not _VERBOSE.value:
+    from mlb_jax import console
+    console.log_to_file(os.path.join(_OUT.value, LOG))
   if _MODE.value == 'sweep':
     space = sweep.parse_space(config, _GRID.value)
     points = (sweep.random_points(space, _RANDOM.value, _SWEEP_SEED.value) if _RANDOM.value
               else sweep.grid_points(space))
-    summary = sweep.run_sweep(config, _OUT.value, points, runs, std=_STD.value, on_result=_print_run,
-                              command=command)
+    train_many, on_result = _progress(len(points) * len(runs))
+    summary = sweep.run_sweep(config, _OUT.value, points, runs, std=_STD.value, train_many=train_many,
+                              on_result=on_result, command=command)
     print(sweep.sweep_markdown(summary))
     return
   if _METHODS.value and _NAME.value:
     raise ValueError('--name names a single variant; with --methods each variant is named after its method')
   variants = ({m: runner.with_fields(config, {'method': m}) for m in _METHODS.value} if _METHODS.value
               else {_NAME.value or config.method: config})
+  train_many, on_result = _progress(len(variants) * len(runs))
   for name, variant_config in variants.items():
-    runner.run_variant(variant_config, _OUT.value, name, runs, on_result=_print_run, command=command)
+    runner.run_variant(variant_config, _OUT.value, name, runs, train_many=train_many, on_result=on_result,
+                       command=command)
   summary = aggregate.summarize_experiment(
       {v: r for v, r in aggregate.collect(_OUT.value).items() if v in variants}, _STD.value)
   print(aggregate.markdown_table(summary, _STD.value))
@@ -117,10 +151,20 @@ def _experiment():
     print(f'wrote {path}')
 
 
+def _check_methods():
+  """Every --methods name is a method: a typo fails before any variant trains or any folder exists."""
+  from mlb_jax.balancing import METHODS
+
+  unknown = [m for m in _METHODS.value if m not in METHODS]
+  if unknown:
+    raise cli.UsageError(f"--methods: unknown method{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(map(repr, unknown))}; valid: {', '.join(sorted(METHODS))}")
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.WARNING)
+    raise cli.UsageError(f'unexpected arguments: {argv[1:]}')
+  _check_methods()
   try:
     _experiment()
   except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError) as e:
@@ -129,17 +173,10 @@ def main(argv):
   return 0
 
 
-def parse_flags(argv):
-  """absl flag parsing with a one-line error for a bad flag, --config or override."""
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, FileNotFoundError) as e:
-    cause = e
-    while cause.__cause__ or cause.__context__:  # the innermost error names the problem
-      cause = cause.__cause__ or cause.__context__
-    print(f'error: {cause}', file=sys.stderr)
-    sys.exit(2)
+def entry():
+  """The `mlb-experiments` command."""
+  cli.run(main)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  entry()

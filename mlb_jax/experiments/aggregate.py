@@ -2,7 +2,7 @@
 
 The paper reports the mean and the population standard deviation (`np.std`,
 ddof = 0) of the test metrics at the best-validation checkpoint over its 3 runs
-(METHODS.md §6 "Reporting"); `std='sample'` gives ddof = 1 instead.
+(docs/methods.md#reporting); `std='sample'` gives ddof = 1 instead.
 """
 
 import json
@@ -199,7 +199,8 @@ def json_safe(value):
 def load_history(workdir: str) -> dict[str, list[dict]]:
   """metrics.jsonl as {'train': [...], 'val': [...]}, sorted by step.
 
-  After a resume a step may be logged twice; the last record wins.
+  A resume drops the rows after the restored step, so each step is logged once; a file that
+  holds a step twice anyway (written by hand, or by older versions) keeps its last record.
   """
   path = os.path.join(workdir, loop.HISTORY)
   if not os.path.isfile(path):

@@ -6,13 +6,13 @@ Layout of an experiment folder (`out`):
     out/<variant>/<run>/            a `loop.train_and_evaluate` workdir (results.json, ...)
 
 A variant is a configuration (usually one method); a run is one seed or fold
-of it. The paper reports 3 runs per setting (METHODS.md §6 "Seeds",
-"Reporting"): CREMA-D folds 0-2 and UCF101 splits 1-3, each with seed
+of it. The paper reports 3 runs per setting (docs/methods.md#seeds-and-runs,
+docs/methods.md#reporting): CREMA-D folds 0-2 and UCF101 splits 1-3, each with seed
 [109, 19, 337][i], and AVE seeds 109, 19, 337 on its fixed split. A run whose
 results.json exists is skipped, and a run with a checkpoint but no
 results.json resumes from it, so an interrupted experiment continues where it
 stopped. With `config.num_seeds = S > 1` the unfinished runs of a variant are
-trained S at a time by one vmapped step (`mlb_jax.multiseed`); each run's
+trained S at a time by one vmapped step (`mlb_jax.loop`); each run's
 folder and results.json are those of a single run (its config says num_seeds 1).
 """
 
@@ -22,11 +22,9 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import ml_collections
 
-from mlb_jax import loop
+from mlb_jax import config_diff, loop
 
 EXPERIMENT = 'experiment.json'
-# How runs execute, not what they compute: ignored when a finished run's config is compared.
-EXECUTION_FIELDS = ('num_seeds', 'compilation_cache_dir', 'profile_steps')
 
 
 class Run(NamedTuple):
@@ -104,7 +102,7 @@ def parse_value(config: ml_collections.ConfigDict, path: str, text: str) -> Any:
 
 
 def get_field(config: ml_collections.ConfigDict, path: str) -> Any:
-  """The value of the dotted field `path` ('balancing.alpha'); ValueError naming it if absent."""
+  """The value of the dotted field `path` ('balancing.mlb.alpha'); ValueError naming it if absent."""
   node = config
   for i, part in enumerate(path.split('.')):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
@@ -126,28 +124,6 @@ def with_fields(config: ml_collections.ConfigDict, assignments: dict[str, Any]) 
     except TypeError as e:  # ConfigDict keeps a field's type
       raise ValueError(f"config field '{path}' cannot take {value!r}: {e}") from None
   return config
-
-
-def _comparable(config_dict: dict) -> dict:
-  return json.loads(json.dumps(config_dict))  # tuples become lists, as in results.json
-
-
-def _config_differences(stored: dict, now: dict, prefix: str = '') -> list[str]:
-  """Fields set in both configs to different values.
-
-  A field only one side has is not a difference: fields added to the configs
-  later (with defaults that keep the old behaviour) leave finished runs usable.
-  """
-  out = []
-  for key in sorted(set(stored) & set(now)):
-    if not prefix and key in EXECUTION_FIELDS:
-      continue
-    a, b = stored[key], now[key]
-    if isinstance(a, dict) and isinstance(b, dict):
-      out += _config_differences(a, b, f'{prefix}{key}.')
-    elif a != b:
-      out.append(f'{prefix}{key}: {a!r} (stored) vs {b!r} (now)')
-  return out
 
 
 def record_variant(out: str, name: str, command: str | None = None) -> None:
@@ -174,7 +150,6 @@ def check_name(name: str) -> str:
 
 
 def run_variant(config: ml_collections.ConfigDict, out: str, name: str, runs: Sequence[Run], *,
-                train: Callable[[ml_collections.ConfigDict, str], dict] | None = None,
                 train_many: Callable[[list, list], list[dict]] | None = None,
                 on_result: Callable[[str, Run, dict, bool], None] | None = None,
                 command: str | None = None) -> list[dict]:
@@ -186,9 +161,8 @@ def run_variant(config: ml_collections.ConfigDict, out: str, name: str, runs: Se
     out: the experiment folder (created if missing; its parent must exist).
     name: the variant's folder name (e.g. the method).
     runs: from `make_runs`.
-    train: `(config, workdir) -> results`; default `loop.train_and_evaluate`.
-    train_many: `(configs, workdirs) -> [results]`; default
-      `multiseed.train_and_evaluate_many`.
+    train_many: `(configs, workdirs) -> [results]`; default `loop.train_and_evaluate_many`
+      (a group of one run is the single-run step).
     on_result: called as `(name, run, results, reused)` after each run.
     command: the command line, recorded in experiment.json for the report.
 
@@ -200,10 +174,7 @@ def run_variant(config: ml_collections.ConfigDict, out: str, name: str, runs: Se
       value than the one asked for (reusing it would mix settings); a new
       `out` or variant name avoids it.
   """
-  train = train or loop.train_and_evaluate
-  if train_many is None:
-    from mlb_jax import multiseed
-    train_many = multiseed.train_and_evaluate_many
+  train_many = train_many or loop.train_and_evaluate_many
   check_name(name)
   out = loop.check_workdir(out)
   os.makedirs(os.path.join(out, name), exist_ok=True)
@@ -220,7 +191,7 @@ def run_variant(config: ml_collections.ConfigDict, out: str, name: str, runs: Se
       todo.append((run, run_config, workdir))
       continue
     results[run.name] = json.load(open(path))
-    diff = _config_differences(results[run.name].get('config', {}), _comparable(run_config.to_dict()))
+    diff = config_diff.differences(results[run.name].get('config', {}), run_config)
     if diff:
       raise ValueError(f"'{path}' was trained with another config; use a new --out or variant name, "
                        f'or delete the run. Differences: ' + '; '.join(diff[:10]))
@@ -228,10 +199,7 @@ def run_variant(config: ml_collections.ConfigDict, out: str, name: str, runs: Se
       on_result(name, run, results[run.name], True)
   for i in range(0, len(todo), group_size):
     group = todo[i:i + group_size]
-    if len(group) == 1:
-      trained = [train(group[0][1], group[0][2])]
-    else:
-      trained = train_many([c for _, c, _ in group], [w for _, _, w in group])
+    trained = train_many([c for _, c, _ in group], [w for _, _, w in group])
     for (run, _, _), r in zip(group, trained):
       results[run.name] = r
       if on_result is not None:

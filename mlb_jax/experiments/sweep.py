@@ -2,9 +2,9 @@
 
 A search space maps dotted config fields to values:
 
-    balancing.alpha=0.5,1,2                     listed values (grid or random)
+    balancing.mlb.alpha=0.5,1,2                     listed values (grid or random)
     optimizer.learning_rate=loguniform(1e-4,1e-2)   a range (random search only;
-    balancing.beta_max=uniform(1,4)                 float fields)
+    balancing.mlb.beta_max=uniform(1,4)                 float fields)
 
 Every point is a variant of the experiment folder, trained over the same runs
 (seeds/folds). The chosen point maximises the mean validation accuracy of
@@ -64,7 +64,7 @@ def parse_space(config: ml_collections.ConfigDict, specs: Sequence[str]) -> dict
         raise ValueError(f"sweep spec '{spec}' repeats a value")
       space[field] = Choice(values)
   if not space:
-    raise ValueError('a sweep needs at least one field (e.g. --grid=balancing.alpha=0.5,1,2)')
+    raise ValueError('a sweep needs at least one field (e.g. --grid=balancing.mlb.alpha=0.5,1,2)')
   return space
 
 
@@ -112,7 +112,7 @@ def point_name(point: dict[str, Any]) -> str:
 
 def run_sweep(config: ml_collections.ConfigDict, out: str, points: Sequence[dict[str, Any]],
               runs: Sequence[runner.Run], *, std: str = 'population',
-              train: Callable[[ml_collections.ConfigDict, str], dict] | None = None,
+              train_many: Callable[[Sequence[ml_collections.ConfigDict], Sequence[str]], list] | None = None,
               on_result: Callable[[str, runner.Run, dict, bool], None] | None = None,
               command: str | None = None) -> dict:
   """Trains every point over `runs`, picks the best mean validation accuracy, writes sweep.json/.md.
@@ -123,7 +123,7 @@ def run_sweep(config: ml_collections.ConfigDict, out: str, points: Sequence[dict
     points: from `grid_points` or `random_points`.
     runs: from `runner.make_runs`.
     std: 'population' or 'sample' (see `aggregate.mean_std`).
-    train, on_result, command: as for `runner.run_variant`.
+    train_many, on_result, command: as for `runner.run_variant`.
 
   Returns:
     {'select_head', 'runs', 'points': [{'name', 'point', 'val', 'test'}], 'chosen': one of points}
@@ -133,7 +133,7 @@ def run_sweep(config: ml_collections.ConfigDict, out: str, points: Sequence[dict
   rows = []
   for point in points:
     name = point_name(point)
-    results = runner.run_variant(runner.with_fields(config, point), out, name, runs, train=train,
+    results = runner.run_variant(runner.with_fields(config, point), out, name, runs, train_many=train_many,
                                  on_result=on_result, command=command)
     row = {'name': name, 'point': point}
     for split in ('val', 'test'):

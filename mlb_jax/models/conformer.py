@@ -1,5 +1,5 @@
-"""Conformer (Gulati et al., 2020) as in VAVL / sooftware (METHODS.md §4.5), and the
-encoder of the paper's pretrained-feature path (METHODS.md §4.4).
+"""Conformer (Gulati et al., 2020) as in VAVL / sooftware (docs/methods.md, Conformer),
+and the encoder of the paper's pretrained-feature path (docs/methods.md, pretrained features).
 
 Block = x + FF(x)/2 -> x + MHSA(x) -> x + Conv(x) -> x + FF(x)/2 -> LayerNorm, with
 
@@ -18,8 +18,8 @@ frame). Attention runs over time *within* each sample, padded keys are masked
 out, padded frames are zeroed before the depthwise convolution and left out of
 the BatchNorm statistics and of the final mean. The reference code instead feeds
 [T, B, D] to this batch-first module, so its attention and convolution mix the
-samples of a mini-batch and its time mean counts padding (METHODS.md §4.4, §7
-item 5); that is not reproduced.
+samples of a mini-batch and its time mean counts padding (docs/methods.md,
+pretrained features); that is not reproduced.
 
 Every module computes in its `dtype` (`config.dtype`; parameters stay float32);
 attention softmax, BatchNorm statistics and the final frame mean run in float32.

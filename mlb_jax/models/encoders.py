@@ -5,7 +5,7 @@ Every encoder maps one modality's batch to a feature vector [B, D]:
   * `ConvEncoder`   [B, H, W] (spectrogram, a channel is added) or [B, H, W, C];
   * `FramesEncoder` [B, T, H, W, C]: the same 2-D conv stack on every frame, then
     one mean over all frames and positions jointly (the authors' temporal pooling
-    for the visual ResNet, METHODS.md §4.1).
+    for the visual ResNet, docs/methods.md, ResNet-18 encoders).
 The paper's ResNet-18 and Conformer encoders live in their own modules.
 
 With `return_tokens=True` each encoder also returns a token sequence
@@ -13,10 +13,11 @@ With `return_tokens=True` each encoder also returns a token sequence
 positions of the last feature map (conv: N = h w; frames: N = T h w).
 
 Every encoder computes in its `dtype` (`config.dtype`; parameters stay float32).
-The 3x3 convolutions are written as one matrix product over the 9 shifted
-views of the input (`PatchConv`): the same map as `nn.Conv` (same parameter,
-init and SAME padding), and under `jax.vmap` over per-seed parameters
-(`mlb_jax.multiseed`) a batched matrix product, where XLA:CPU would otherwise
+The 3x3 convolutions (`PatchConv`) are `nn.Conv`'s map (same parameter, init
+and SAME padding) computed by `ops.patch_conv` (`mlb_jax.models.ops`): a plain
+convolution, or with `cpu_kernels.CPU_OPS` one matrix product over the 9
+shifted views of the input, which under `jax.vmap` over per-seed parameters
+(`mlb_jax.multiseed`) is a batched matrix product, where XLA:CPU would otherwise
 run a grouped convolution several times slower per seed.
 """
 
@@ -25,7 +26,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mlb_jax.models.resnet import conv_im2col
+from mlb_jax.models.ops import PLAIN_OPS, Ops
 
 
 class MLPEncoder(nn.Module):
@@ -52,41 +53,43 @@ def _same_padding(size: int, stride: int, kernel: int) -> tuple[int, int]:
 
 
 class PatchConv(nn.Module):
-  """Bias-free k x k conv with SAME padding as one matrix product over the k^2
-  shifted, strided views of the input (`resnet.conv_im2col`; [N, H, W, C] ->
-  [N, H/s, W/s, features]).
+  """Bias-free k x k conv with SAME padding, `ops.patch_conv` ([N, H, W, C] ->
+  [N, H/s, W/s, features]; with `CPU_OPS` one matrix product over the k^2
+  shifted, strided views of the input).
 
   Its parameter `kernel` [k, k, C, features] has `nn.Conv`'s name, shape and
-  init, so this is `nn.Conv(features, (k, k), strides=s, use_bias=False)` with
-  another summation order.
+  init, so this is `nn.Conv(features, (k, k), strides=s, use_bias=False)`, up to
+  the summation order.
 
-  Attributes: features; kernel: k; stride: s; dtype: compute dtype.
+  Attributes: features; kernel: k; stride: s; dtype: compute dtype; ops.
   """
   features: int
   kernel: int = 3
   stride: int = 2
   dtype: Any = jnp.float32
+  ops: Ops = PLAIN_OPS
 
   @nn.compact
   def __call__(self, x):
     k, s = self.kernel, self.stride
     w = self.param('kernel', nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
     padding = (_same_padding(x.shape[1], s, k), _same_padding(x.shape[2], s, k))
-    return conv_im2col(x.astype(self.dtype), w.astype(self.dtype), s, padding)
+    return self.ops.patch_conv(x.astype(self.dtype), w.astype(self.dtype), s, padding)
 
 
 class ConvStack(nn.Module):
   """3x3 convs with stride 2, BatchNorm and ReLU; returns the last feature map.
 
-  Attributes: widths: conv widths; dtype: compute dtype.
+  Attributes: widths: conv widths; dtype: compute dtype; ops: see `PatchConv`.
   """
   widths: Sequence[int] = (16, 32, 64)
   dtype: Any = jnp.float32
+  ops: Ops = PLAIN_OPS
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     for i, width in enumerate(self.widths):
-      x = PatchConv(width, dtype=self.dtype, name=f'Conv_{i}')(x)
+      x = PatchConv(width, dtype=self.dtype, ops=self.ops, name=f'Conv_{i}')(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                        name=f'BatchNorm_{i}')(x)
       x = nn.relu(x)
@@ -94,10 +97,11 @@ class ConvStack(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-  """Attributes: widths: conv widths; features: output width D; dtype: compute dtype."""
+  """Attributes: widths: conv widths; features: output width D; dtype: compute dtype; ops: see `PatchConv`."""
   widths: Sequence[int] = (16, 32, 64)
   features: int = 128
   dtype: Any = jnp.float32
+  ops: Ops = PLAIN_OPS
 
   @nn.compact
   def __call__(self, x, *, train: bool, return_tokens: bool = False):
@@ -106,23 +110,24 @@ class ConvEncoder(nn.Module):
       x = x[..., None]
     if x.ndim != 4:
       raise ValueError(f'ConvEncoder expects [B, H, W] or [B, H, W, C], got shape {x.shape}')
-    x = ConvStack(self.widths, self.dtype)(x, train=train)
+    x = ConvStack(self.widths, self.dtype, self.ops)(x, train=train)
     out = nn.relu(nn.Dense(self.features, dtype=self.dtype)(jnp.mean(x, axis=(1, 2))))
     return (out, x.reshape(x.shape[0], -1, x.shape[-1])) if return_tokens else out
 
 
 class FramesEncoder(nn.Module):
-  """Attributes: widths: conv widths; features: output width D; dtype: compute dtype."""
+  """Attributes: widths: conv widths; features: output width D; dtype: compute dtype; ops: see `PatchConv`."""
   widths: Sequence[int] = (16, 32, 64)
   features: int = 128
   dtype: Any = jnp.float32
+  ops: Ops = PLAIN_OPS
 
   @nn.compact
   def __call__(self, x, *, train: bool, return_tokens: bool = False):
     if x.ndim != 5:
       raise ValueError(f'FramesEncoder expects [B, T, H, W, C], got shape {x.shape}')
     b, t = x.shape[:2]
-    maps = ConvStack(self.widths, self.dtype)(x.reshape((b * t,) + x.shape[2:]).astype(self.dtype), train=train)
+    maps = ConvStack(self.widths, self.dtype, self.ops)(x.reshape((b * t,) + x.shape[2:]).astype(self.dtype), train=train)
     tokens = maps.reshape(b, -1, maps.shape[-1])
     out = nn.relu(nn.Dense(self.features, dtype=self.dtype)(jnp.mean(tokens, axis=1)))
     return (out, tokens) if return_tokens else out

@@ -2,11 +2,11 @@
 
 Each head takes the modalities in config order. A head whose logits are a sum
 of per-modality terms also has `contributions(features) -> {m: [B, C]}`
-(OGM and MSLR score those terms, METHODS.md §3.3).
+(OGM and MSLR score those terms, docs/methods.md, OGM and MSLR).
 
-The paper's heads (METHODS.md §4.3): Late-Linear, Mid-MLP, FiLM, Gated and the
+The paper's heads (docs/methods.md, fusion heads): Late-Linear, Mid-MLP, FiLM, Gated and the
 Transformer fusion, which reads the encoders' un-pooled token sequences
-(`uses_tokens = True`); MMCosine belongs to its balancing method (§3.7).
+(`uses_tokens = True`); MMCosine belongs to its balancing method (docs/methods.md, MMCosine).
 
 Every head computes in its `dtype` (`config.dtype`) with float32 parameters;
 `MultimodalClassifier` casts the logits to float32.
@@ -31,7 +31,7 @@ class LateLinearFusion(nn.Module):
   """Late-Linear: one linear layer over the concatenated features.
 
   z = sum_m f_m W_m + b, which equals the authors' `fc_0_lin` + `fc_1_lin`
-  (METHODS.md §4.3). The modality contributions split the bias evenly,
+  (docs/methods.md, fusion heads). The modality contributions split the bias evenly,
   z_m = f_m W_m + b / M, as the authors' OGM code does (b/2 for M = 2).
 
   Attributes: modalities: concatenation order; num_classes: C; dtype: compute dtype.
@@ -79,7 +79,7 @@ class MidMLPFusion(nn.Module):
 
 
 class MMCosineFusion(nn.Module):
-  """MMCosine (Xu et al., ICASSP 2023; METHODS.md §3.7): per-modality cosine logits.
+  """MMCosine (Xu et al., ICASSP 2023; docs/methods.md, MMCosine): per-modality cosine logits.
 
   z[c] = s * sum_m cos(f_m, W_m[c]), with each feature vector and each class
   weight row L2-normalised and no bias.
@@ -123,7 +123,7 @@ def _torch_dense(features: int, fan_in: int, name: str, dtype=jnp.float32) -> nn
 
 
 class FiLMFusion(nn.Module):
-  """FiLM (Perez et al., 2018) as the authors' `FiLM(512, 512, C)` (METHODS.md §4.3).
+  """FiLM (Perez et al., 2018) as the authors' `FiLM(512, 512, C)` (docs/methods.md, fusion heads).
 
   The first modality conditions the others: [gamma, beta] = Linear(f_1) (width
   2D), z = Linear(gamma * f_rest + beta), where f_rest is the second modality
@@ -146,7 +146,7 @@ class FiLMFusion(nn.Module):
 
 
 class GatedFusion(nn.Module):
-  """Gated fusion as the authors' `GatedFusion(512, 512, C)` (METHODS.md §4.3).
+  """Gated fusion as the authors' `GatedFusion(512, 512, C)` (docs/methods.md, fusion heads).
 
   z = Linear(sigmoid(Linear(f_1)) * Linear(f_rest)): the first modality gates
   the second (M = 2) or the concatenation of the others (M > 2); the gate and
@@ -169,7 +169,7 @@ class GatedFusion(nn.Module):
 
 
 class TransformerFusion(nn.Module):
-  """The authors' `TF_Fusion` (METHODS.md §4.3): a 2-layer Conformer over
+  """The authors' `TF_Fusion` (docs/methods.md, fusion heads): a 2-layer Conformer over
   [CLS, tokens of modality 1, ..., tokens of modality M], logits from CLS.
 
   Each modality's token sequence (the encoder's un-pooled output, e.g. the 54
