@@ -1,1 +1,1 @@
-"""ml_collections config files: `--config=configs/<name>.py[:arg]` (configs/base.py documents every field)."""
+"""ml_collections config files: `--config=configs/<name>.py[:arg]` (configs/lib/base.py documents every field)."""

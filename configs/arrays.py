@@ -7,7 +7,7 @@ are read from the file; see data_pipelines/arrays.py for the layout.
 Variants: method=<any key of mlb_jax.balancing.METHODS>, smoke.
 """
 
-from configs import base
+from configs.lib import base
 
 
 def get_config(arg=None):

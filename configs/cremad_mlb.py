@@ -7,7 +7,7 @@ restarts schedule with 780 warm-up steps (T_0 = 4 steps, T_mult = 2);
 MLB alpha 0.8, beta_max 2, k_i on the raw gradients; loss CE(fused) + CE(audio)
 + CE(video); validation every epoch, test metrics of the best-validation step.
 
-Run (after `python -m data_pipelines.prepare`, see configs/datasets.py):
+Run (after `python -m data_pipelines.prepare`, see configs/lib/datasets.py):
   python run.py --config=configs/cremad_mlb.py --config.data.dir=/data/cremad_prepared --workdir=w
   python run.py --config=configs/cremad_mlb.py:fold=1,method=multiloss --config.data.dir=... --workdir=w
   python run.py --config=configs/cremad_mlb.py --config.model.fusion=film ...   # any fusion
@@ -20,7 +20,7 @@ mean +- std over the three folds), with MLB the most accurate method; no
 number of ours is claimed here.
 """
 
-from configs import base, datasets, paper, released
+from configs.lib import base, datasets, paper, released
 
 
 def get_config(arg=None):

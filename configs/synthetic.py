@@ -16,7 +16,7 @@ Variants (comma-separated):
 Expected (3 seeds, benchmarks/synthetic_compare.py): see the README table.
 """
 
-from configs import base
+from configs.lib import base
 
 
 def get_config(arg=None):

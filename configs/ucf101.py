@@ -4,12 +4,12 @@ Data and schedule: docs/methods.md#ucf101, docs/methods.md#schedule-by-dataset.
 
 Run (after `python -m data_pipelines.prepare --dataset=ucf101 ...`):
   python run.py --config=configs/ucf101.py:method=mlb,fold=1 --config.data.dir=/data/ucf_prepared --workdir=w
-Variants: method=... (released hyperparameters, configs/released.py); fold=1|2|3 (the
+Variants: method=... (released hyperparameters, configs/lib/released.py); fold=1|2|3 (the
 official split and the authors' seed 109/19/337); fusion=auto|late_linear|mid_mlp|...; smoke.
 Adam lr 1e-3, wd 1e-4, batch 32, 780 constant-lr warm-up steps (docs/methods.md#training-evaluation-and-reporting).
 """
 
-from configs import base, datasets, paper, released
+from configs.lib import base, datasets, paper, released
 
 
 def get_config(arg=None):

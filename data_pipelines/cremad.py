@@ -193,7 +193,7 @@ def assign_splits(cfg, ids: list[str]) -> dict[str, list[str]]:
 
 
 def load(cfg) -> Dataset:
-  """The prepared CREMA-D under `cfg.dir`, split by `cfg.split`; see `configs/datasets.py`."""
+  """The prepared CREMA-D under `cfg.dir`, split by `cfg.split`; see `configs/lib/datasets.py`."""
   prepared = open_prepared(cfg.dir, NAME, VERSION)
   check_config(cfg, prepared)
   ids = prepared.metadata['splits']['clips']

@@ -109,7 +109,8 @@ def validate(config) -> None:
   if config.model.fusion != 'auto' and config.model.fusion not in models.FUSIONS:
     raise ValueError(f"unknown model.fusion '{config.model.fusion}'; expected 'auto' or one of {sorted(models.FUSIONS)}")
   models.compute_dtype(config.dtype)
-  models.resolve_kernels(config.model.kernels)
+  if config.model.kernels not in ('auto', *models.KERNELS):  # 'auto' is resolved by the build, not here:
+    models.resolve_kernels(config.model.kernels)             # asking for the backend would start it
   optim.base_optimizer(config.optimizer)  # names of the optimizer and its schedule
   runtime.parse_profile_steps(config.profile_steps)
 

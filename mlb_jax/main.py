@@ -76,7 +76,7 @@ def main(argv):
   workdir = os.path.abspath(_WORKDIR.value)
   try:
     build.validate(_CONFIG.value)  # a bad config is refused before anything is created
-    if _MODE.value == 'train':
+    if _MODE.value == 'train' or _CHECKPOINT_DIR.value:  # results of another checkpoint may go to a new workdir
       os.makedirs(workdir, exist_ok=True)  # with its parents
     elif not os.path.isdir(workdir):
       raise FileNotFoundError(f"workdir '{workdir}' does not exist; train first (--mode=train)")

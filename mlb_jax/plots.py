@@ -37,9 +37,10 @@ def _series(records: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def has_balancing(history: Mapping[str, list], modalities: Sequence[str]) -> bool:
-  """Whether the training history logs r_i and k_i (`ratio_<m>`, `scale_<m>`) for every modality."""
+  """Whether the training history logs r_i (`ratio_<m>`) for every modality (every method logs it;
+  k_i, `scale_<m>`, only methods that scale: the others train every modality at k_i = 1)."""
   train = history.get('train', [])
-  return bool(train) and all(f'ratio_{m}' in train[0] and f'scale_{m}' in train[0] for m in modalities)
+  return bool(train) and all(f'ratio_{m}' in train[0] for m in modalities)
 
 
 def plot_balancing(history: Mapping[str, list], modalities: Sequence[str], *, alpha: float, beta_max: float,
@@ -60,13 +61,15 @@ def plot_balancing(history: Mapping[str, list], modalities: Sequence[str], *, al
     title: figure title (e.g. the variant and run).
   """
   if not has_balancing(history, modalities):
-    raise ValueError(f'the history has no ratio_<m> / scale_<m> records for {list(modalities)}')
+    raise ValueError(f'the history has no ratio_<m> records for {list(modalities)}')
   fig = Figure(figsize=figsize, layout='constrained')
   ax_r, ax_k, ax_curve = fig.subplots(1, 3)
   observed_r, observed_k = [], []
   for m in modalities:
     steps, r = _series(history['train'], f'ratio_{m}')
     _, k = _series(history['train'], f'scale_{m}')
+    if not k.size:  # a method that scales nothing: k_i = 1 throughout
+      k = np.ones_like(r)
     ax_r.plot(steps, r, label=m)
     ax_k.plot(steps, k, label=m)
     ax_curve.scatter(r, k, s=8, alpha=0.5, label=f'{m} (logged means)')

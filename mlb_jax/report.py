@@ -189,7 +189,7 @@ def write_report(out: str, *, std: str = 'population', reference: Mapping[str, s
     if losses.FUSED in heads and plots.has_balancing(history, modalities):
       cfg = first.results['config']['balancing']
       _figure(md, out, f'balancing_{name}.png', f'r_i and k_i over training, {name}', plots.plot_balancing,
-              history, modalities, alpha=cfg['alpha'], beta_max=cfg['beta_max'],
+              history, modalities, alpha=cfg['mlb']['alpha'], beta_max=cfg['mlb']['beta_max'],
               title=f"{variant}, {first.run} (method {first.results['method']})")
 
   with open(os.path.join(out, SUMMARY), 'w') as f:

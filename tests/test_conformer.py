@@ -56,6 +56,34 @@ def test_attention_scores_follow_the_reference_formula():
   np.testing.assert_allclose(att.apply({'params': params}, x, None, train=False)[0], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_multi_head_attention_divides_by_sqrt_of_the_model_width():
+  # Three heads of width 4 (dim 12): each head's scores are divided by sqrt(12) as the reference does,
+  # not by sqrt(4) = sqrt(d_head); with one head the two coincide, with three they differ.
+  dim, heads, length = 12, 3, 5
+  att = conformer.RelativeMultiHeadAttention(dim=dim, heads=heads, dropout=0.0)
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((1, length, dim)), jnp.float32)
+  params = att.init(jax.random.key(1), x, None, train=False)['params']
+  lin = lambda name, t: t @ np.asarray(params[name]['kernel']) + (
+      np.asarray(params[name]['bias']) if 'bias' in params[name] else 0.0)
+  q, k, v = (lin(n, np.asarray(x[0])).reshape(length, heads, dim // heads) for n in ('query', 'key', 'value'))
+  pos = lin('pos_proj', conformer.sinusoidal_encoding(length, dim)).reshape(length, heads, dim // heads)
+  u, w = np.asarray(params['u_bias']), np.asarray(params['v_bias'])
+
+  def attend(divisor):
+    outs = []
+    for h in range(heads):
+      content = (q[:, h] + u[h]) @ k[:, h].T
+      position = torch_relative_shift(((q[:, h] + w[h]) @ pos[:, h].T)[None])[0]
+      scores = (content + position) / divisor
+      attn = np.exp(scores - scores.max(-1, keepdims=True))
+      outs.append((attn / attn.sum(-1, keepdims=True)) @ v[:, h])
+    return lin('out', np.concatenate(outs, -1))
+
+  got = np.asarray(att.apply({'params': params}, x, None, train=False)[0])
+  np.testing.assert_allclose(got, attend(math.sqrt(dim)), rtol=1e-5, atol=1e-5)
+  assert np.max(np.abs(got - attend(math.sqrt(dim // heads)))) > 1e-3  # the d_head reading is told apart
+
+
 @pytest.fixture(scope='module')
 def encoder():
   enc = conformer.ConformerEncoder(bottleneck=6, dim=16, layers=2, heads=2, kernel=3)

@@ -158,7 +158,7 @@ def run_variant(config: ml_collections.ConfigDict, out: str, name: str, runs: Se
   Args:
     config: the variant's configuration; `num_seeds` S > 1 trains the
       unfinished runs S at a time with `train_many`.
-    out: the experiment folder (created if missing; its parent must exist).
+    out: the experiment folder (created with its parents if missing).
     name: the variant's folder name (e.g. the method).
     runs: from `make_runs`.
     train_many: `(configs, workdirs) -> [results]`; default `loop.train_and_evaluate_many`
