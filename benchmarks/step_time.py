@@ -53,7 +53,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/synthetic.py', 'Config file.')
 _METHODS = flags.DEFINE_list(
-    'methods', ['joint', 'multiloss', 'mlb', 'ogm', 'ogm_ge', 'mslr', 'agm', 'pmr', 'mmcosine'],
+    'methods', ['joint', 'multiloss', 'mlb', 'ogm', 'ogm_ge', 'mslr', 'agm', 'pmr', 'mmcosine', 'mmpareto', 'mbsd',
+                'cml', 'opm', 'gblending'],
     'Methods to time; the first is the reference of the ratios.')
 _STEPS = flags.DEFINE_integer('steps', 200, 'Steps per round.')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Interleaved rounds.')

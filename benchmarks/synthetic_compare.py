@@ -32,7 +32,8 @@ from mlb_jax.experiments import aggregate, runner  # noqa: E402
 
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (training and data draw).')
 _METHODS = flags.DEFINE_list(
-    'methods', ['joint', 'multiloss', 'mlb', 'ogm', 'ogm_ge', 'mslr', 'agm', 'pmr', 'mmcosine'],
+    'methods', ['joint', 'multiloss', 'mlb', 'ogm', 'ogm_ge', 'mslr', 'agm', 'pmr', 'mmcosine', 'mmpareto', 'mbsd',
+                'cml', 'opm', 'gblending'],
     'Methods to compare.')
 _OUT = flags.DEFINE_string('out', 'benchmarks/out/synthetic_compare', 'Output directory.')
 _SET = flags.DEFINE_multi_string('set', [], 'Config overrides for every run, e.g. balancing.mlb.alpha=1.5.')

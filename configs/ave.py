@@ -5,7 +5,7 @@ Data and schedule: docs/methods.md#ave, docs/methods.md#schedule-by-dataset.
 Run (after `python -m data_pipelines.prepare --dataset=ave ...`):
   python run.py --config=configs/ave.py:method=mlb,fold=0 --config.data.dir=/data/ave_prepared --workdir=w
   python run.py --config=configs/ave.py:method=agm --config.model.fusion=mid_mlp ...
-Variants: method=joint|multiloss|mlb|ogm|ogm_ge|mslr|agm|pmr|mmcosine (released
+Variants: method=<a key of mlb_jax.balancing.METHODS> (released
 hyperparameters, configs/lib/released.py); fold=0|1|2 (AVE has fixed splits: the fold
 only picks the authors' seed 109/19/337); fusion=auto|late_linear|mid_mlp|...; smoke.
 Adam lr 1e-3, wd 1e-4, batch 32, 1500 constant-lr warm-up steps

@@ -3,7 +3,7 @@
 Run:
   python run.py --config=configs/synthetic.py:method=mlb --workdir=/tmp/mlb
 Variants (comma-separated):
-  method=joint|multiloss|mlb|ogm|ogm_ge|mslr|agm|pmr|mmcosine
+  method=<a key of mlb_jax.balancing.METHODS>
                                the training method (default mlb); the baselines use
                                the authors' released CREMA-D ResNet hyperparameters
                                (docs/methods.md#released-hyperparameters); a method with

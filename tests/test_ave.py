@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import data_pipelines
-from configs import base, datasets
+from configs.lib import base, datasets
 from data_pipelines import ave, common, media, prepare, prepared, spectrogram
 from media_fixtures import DATA, gray, read_lines, write_video
 

@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base
-from mlb_jax import balancing
+from configs.lib import base
+from mlb_jax import balancing, models
 from mlb_jax.balancing import (MethodContext, StepInputs, correct_count, make_method, mlb_balance,
                                mlb_coefficients, true_class_probability)
+from tests.test_methods_fusions import methods_table
 
 ALPHA = 0.8
 
@@ -223,40 +224,45 @@ def test_unbalanced_methods(name, heads):
   assert method.init_state({'audio': {}, 'video': {}, 'fusion': {}}) == ()
 
 
-# The methods table of docs/methods.md: unimodal heads, the source of k (none: no scales),
-# what k reaches, the modality count and the fusions.
+# Each method's section of docs/methods.md: which unimodal logits it scores and what its k reaches.
 DECLARED = {
-    #            heads      source           has k  reaches    max M  fusions (None: any)
-    'joint':     ('probe', 'heads', False, 'all', None, None),
-    'multiloss': ('trained', 'heads', False, 'all', None, None),
-    'mlb':       ('trained', 'heads', True, 'all', None, None),
-    'ogm':       ('probe', 'contributions', True, 'kernels', None, None),
-    'ogm_ge':    ('probe', 'contributions', True, 'kernels', None, None),
-    'mslr':      ('probe', 'contributions', True, 'all', None, None),
-    'agm':       ('probe', 'heads', False, 'all', 2, ('late_linear', 'mid_mlp', 'mmcosine', 'film', 'gated')),
-    'pmr':       ('probe', 'heads', False, 'all', 2, None),
-    'mmcosine':  ('probe', 'heads', False, 'all', None, ('mmcosine',)),
+    #            source           reaches
+    'joint':     ('heads', 'all'),
+    'multiloss': ('heads', 'all'),
+    'mlb':       ('heads', 'all'),
+    'ogm':       ('contributions', 'kernels'),
+    'ogm_ge':    ('contributions', 'kernels'),
+    'mslr':      ('contributions', 'all'),
+    'agm':       ('heads', 'all'),
+    'pmr':       ('heads', 'all'),
+    'mmcosine':  ('heads', 'all'),
 }
 
 
-def test_declared_methods_are_the_registry():
-  assert set(DECLARED) == set(balancing.METHODS)
+@pytest.mark.parametrize('name', sorted(balancing.METHODS))
+def test_method_declarations_follow_the_methods_table(name):
+  # unimodal heads, whether there is a k, the modality count and the fusions: the methods table
+  row = methods_table()[name]
+  method = _make(name)
+  assert method.name == name
+  assert method.unimodal_heads == row.unimodal_heads
+  assert (method.scales is not None) is row.has_scales
+  assert method.min_modalities == 2 and method.max_modalities == row.max_modalities
+  fusions = frozenset(method.fusions) if method.fusions is not None else frozenset(models.FUSIONS)
+  if method.unimodal_source == 'contributions':
+    fusions &= frozenset(balancing.DECOMPOSABLE_FUSIONS)
+  assert fusions == row.fusions
+  assert balancing.resolve_fusion(method, 'auto') == ('mmcosine' if name == 'mmcosine' else 'late_linear')
+  assert balancing.resolve_fusion(method, 'gated') == 'gated'   # an explicit fusion is kept
 
 
 @pytest.mark.parametrize('name', sorted(DECLARED))
-def test_method_declarations_follow_the_methods_table(name):
-  heads, source, has_scales, reaches, max_m, fusions = DECLARED[name]
+def test_method_scores_and_scaled_parameters(name):
+  source, reaches = DECLARED[name]
   method = _make(name)
-  assert method.name == name
-  assert method.unimodal_heads == heads
   assert method.unimodal_source == source
-  assert (method.scales is not None) is has_scales
-  if has_scales:
+  if method.scales is not None:
     assert method.scaled_params == reaches
-  assert method.min_modalities == 2 and method.max_modalities == max_m
-  assert (None if method.fusions is None else set(method.fusions)) == (None if fusions is None else set(fusions))
-  assert balancing.resolve_fusion(method, 'auto') == ('mmcosine' if name == 'mmcosine' else 'late_linear')
-  assert balancing.resolve_fusion(method, 'gated') == 'gated'   # an explicit fusion is kept
 
 
 def test_ogm_scale_all_reaches_every_parameter():
@@ -339,7 +345,7 @@ def test_mlb_method_invalid_hyperparameters_raise_at_construction():
     _make('mlb', cfg=_cfg(beta_max=0.5))
 
 
-@pytest.mark.parametrize('name', sorted(DECLARED))
+@pytest.mark.parametrize('name', sorted(balancing.METHODS))
 def test_one_modality_is_refused_by_every_method(name):
   method = _make(name)
   with pytest.raises(ValueError, match=f"method '{name}' is defined for .* modalities, got 1"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import data_pipelines
-from configs import base, datasets
+from configs.lib import base, datasets
 from data_pipelines import common, cremad, frames, media, prepare, prepared, spectrogram, splits
 from media_fixtures import DATA, gray, write_cremad_clip
 

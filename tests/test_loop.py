@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import arrays as arrays_config
-from configs import base
+from configs.lib import base
 from configs import synthetic as synthetic_module
 from mlb_jax import balancing, build, loop
 from tests.test_data import write_npz
@@ -135,7 +135,7 @@ def test_unimodal_reference_selects_its_own_head(tmp_path):
 @pytest.mark.parametrize('dataset', ['cremad', 'ave', 'ucf101'])
 @pytest.mark.parametrize('method', sorted(balancing.METHODS))
 def test_released_hyperparameters_apply_to_every_method(dataset, method):
-  from configs import released
+  from configs.lib import released
   c = released.apply(base.get_config(), dataset, method)
   assert c.method == method
   for dotted, value in released.RELEASED[dataset].get(method, {}).items():

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base
+from configs.lib import base
 from configs import synthetic as synthetic_config
 from data_pipelines import common
 from mlb_jax import balancing, build, checkpointing, loop, models

@@ -5,6 +5,7 @@ Building compiles nothing, so the whole matrix is checked for build-or-refuse; o
 compiled and run for every method with `model.fusion = 'auto'` and for MLB with every fusion."""
 
 import os
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -24,6 +25,42 @@ HEAD_CLASSES = {'late_linear': fusion_heads.LateLinearFusion, 'mid_mlp': fusion_
                 'gated': fusion_heads.GatedFusion, 'transformer': fusion_heads.TransformerFusion}
 
 
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs', 'methods.md')
+
+
+class Row(NamedTuple):
+  """One method's row of the methods table in docs/methods.md."""
+  unimodal_heads: str            # 'probe' | 'trained'
+  has_scales: bool               # a k for the optimizer ('k_m from' not '– (no k)' nor 'inside the loss')
+  max_modalities: int | None     # '2' -> 2, '≥ 2' -> None
+  fusions: frozenset             # the fusions it is defined for
+
+
+def methods_table() -> dict[str, Row]:
+  """{method: Row} parsed from the methods table of docs/methods.md."""
+  with open(DOCS, encoding='utf-8') as f:
+    lines = f.read().splitlines()
+  header = next(i for i, line in enumerate(lines) if line.startswith('| method | objective |'))
+  rows = {}
+  for line in lines[header + 2:]:
+    if not line.startswith('|'):
+      break
+    cells = [c.strip() for c in line.strip('|').split('|')]
+    names, heads, source, modalities, fusions = cells[0], cells[2], cells[3], cells[5], cells[6]
+    if fusions == 'any':
+      allowed = frozenset(models.FUSIONS)
+    elif fusions.startswith('all but '):
+      allowed = frozenset(models.FUSIONS) - {f.strip() for f in fusions[len('all but '):].split(',')}
+    else:
+      allowed = frozenset(f.strip() for f in fusions.split(','))
+    assert allowed <= set(models.FUSIONS), line
+    has_scales = not source.startswith('–') and 'inside the loss' not in source
+    row = Row(heads, has_scales, None if modalities.startswith('≥') else int(modalities), allowed)
+    for name in names.split(','):
+      rows[name.strip().strip('`')] = row
+  return rows
+
+
 def resolved(method: str, fusion: str) -> str:
   """docs/methods.md: 'auto' is the method's own fusion (mmcosine for MMCosine), else late_linear."""
   if fusion != 'auto':
@@ -33,14 +70,7 @@ def resolved(method: str, fusion: str) -> str:
 
 def defined(method: str, fusion: str) -> bool:
   """The fusions column of the methods table in docs/methods.md."""
-  f = resolved(method, fusion)
-  if method == 'mmcosine':
-    return f == 'mmcosine'
-  if method in ('ogm', 'ogm_ge', 'mslr'):   # they score the fused head's per-modality contributions
-    return f in ('late_linear', 'mmcosine')
-  if method == 'agm':
-    return f != 'transformer'
-  return True
+  return resolved(method, fusion) in methods_table()[method].fusions
 
 
 def smoke_config(method: str, fusion: str):
@@ -70,6 +100,16 @@ def test_the_smoke_spec_is_the_datasets(smoke_dataset):
 
 def test_the_matrix_covers_every_fusion():
   assert set(HEAD_CLASSES) == set(models.FUSIONS)
+
+
+def test_every_method_has_a_row_in_the_methods_table():
+  table = methods_table()
+  assert set(balancing.METHODS) <= set(table), sorted(set(balancing.METHODS) - set(table))
+  # spot checks of the parse against the table as written
+  assert table['agm'].fusions == frozenset(models.FUSIONS) - {'transformer'} and table['agm'].max_modalities == 2
+  assert table['ogm'] == table['ogm_ge'] and table['ogm'].fusions == {'late_linear', 'mmcosine'}
+  assert table['mmcosine'].fusions == {'mmcosine'} and not table['mmcosine'].has_scales
+  assert table['mlb'].has_scales and table['mlb'].unimodal_heads == 'trained' and table['mlb'].max_modalities is None
 
 
 @pytest.mark.parametrize('fusion', FUSIONS)

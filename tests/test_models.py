@@ -10,7 +10,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from configs import base
+from configs.lib import base
 from mlb_jax import models
 from tests.tree_asserts import assert_trees_all_close, assert_trees_all_equal
 

@@ -1,5 +1,5 @@
 """README.md and docs/: the library snippet runs as printed and trains, the stated defaults are
-those of configs/base.py, citations of docs/methods.md name its headings, links resolve."""
+those of configs/lib/base.py, citations of docs/methods.md name its headings, links resolve."""
 
 import ast
 import os
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from configs import base
+from configs.lib import base
 
 README = os.path.join(os.path.dirname(__file__), '..', 'README.md')
 
@@ -71,7 +71,7 @@ def default_rows(text: str):
 def config_value(config, dotted: str):
   value = config
   for part in dotted.split('.'):
-    assert part in value, f'configs/base.py has no field {dotted}'
+    assert part in value, f'configs/lib/base.py has no field {dotted}'
     value = value[part]
   return value
 
@@ -106,7 +106,7 @@ def test_readme_defaults_match_base_config():
     stated, actual = normalised(ast.literal_eval(literal)), normalised(config_value(config, field))
     if stated != actual or type(stated) is not type(actual):
       wrong[field] = (literal, actual)
-  assert not wrong, f'README defaults that differ from configs/base.py (stated, actual): {wrong}'
+  assert not wrong, f'README defaults that differ from configs/lib/base.py (stated, actual): {wrong}'
 
 
 def github_anchor(heading: str) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import base
+from configs.lib import base
 from mlb_jax import balancing, build, losses, models, optim, steps
 from mlb_jax.balancing import Method, MethodContext, true_class_probability
 from mlb_jax.train_state import make_init
@@ -175,8 +175,8 @@ def _identity_chain_step(model, method, state, apply_to, batch):
   return jit_step(model, tx, method)(start, batch)[0]
 
 
-@pytest.mark.parametrize('apply_to', ['gradients', 'updates'])
-@pytest.mark.parametrize('name', ['joint', 'multiloss', 'agm', 'pmr', 'mmcosine'])
+@pytest.mark.parametrize('name,apply_to', [('joint', 'gradients'), ('multiloss', 'gradients'), ('agm', 'gradients'),
+                                           ('pmr', 'gradients'), ('mmcosine', 'gradients'), ('joint', 'updates')])
 def test_methods_without_scales_scale_nothing(name, apply_to):
   # These methods have no k: `scales` is None, and their step equals the same step with
   # an optimizer chain that has no modality scaling at all.

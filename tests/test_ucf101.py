@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import data_pipelines
-from configs import base, datasets
+from configs.lib import base, datasets
 from data_pipelines import common, frames, media, prepare, prepared, splits, ucf101
 from media_fixtures import write_video
 

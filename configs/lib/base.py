@@ -108,6 +108,29 @@ def get_config() -> ml_collections.ConfigDict:
   c.balancing.pmr.start_epoch = 0     # prototype terms for epochs start_epoch <= e <= end_epoch
   c.balancing.pmr.end_epoch = 1500
   c.balancing.pmr.fraction = 0.1      # share of training batches for prototypes after epoch 0
+  c.balancing.mmpareto = ml_collections.ConfigDict()
+  c.balancing.mmpareto.gamma = 1.5        # boost of the encoders' combined gradient (authors: 1.5, hard-coded)
+  c.balancing.mmpareto.start_epoch = 0    # Pareto combination for epochs start_epoch <= e <= end_epoch,
+  c.balancing.mmpareto.end_epoch = 1500   # plain sum (Multi-Loss) outside; authors: always on
+  c.balancing.mbsd = ml_collections.ConfigDict()
+  c.balancing.mbsd.start_epoch = 0    # MBSD terms for epochs start_epoch <= e <= end_epoch
+  c.balancing.mbsd.end_epoch = 1500   # always on (BalanceBenchmark: 0-80)
+  c.balancing.mbsd.kl = 'toolkit'     # toolkit: pw (log pw - ps), BalanceBenchmark's kl_div on a probability
+                                      # | log: pw (log pw - log ps), a true KL term
+  c.balancing.mbsd.distance = 'auto'  # auto (logits for 2 modalities, probabilities for 3+, as BalanceBenchmark)
+                                      # | logits | probabilities
+  c.balancing.cml = ml_collections.ConfigDict()
+  c.balancing.cml.lam = 0.1           # lambda of the confidence hinge (BalanceBenchmark: 0.1)
+  c.balancing.cml.start_epoch = 0     # removal terms for epochs start_epoch <= e <= end_epoch
+  c.balancing.cml.end_epoch = 1500    # always on
+  c.balancing.cml.order_seed = 0      # key of the per-epoch removal order (fold_in(key, epoch))
+  c.balancing.opm = ml_collections.ConfigDict()
+  c.balancing.opm.q_base = 0.5        # base drop probability (authors' train_opm.sh: 0.5; their config and BalanceBenchmark: 0.4)
+  c.balancing.opm.lam = 0.5           # lambda: growth of q with the score lead (BalanceBenchmark's alpha)
+  c.balancing.opm.p_exe = 0.7         # probability that a step drops at all
+  c.balancing.opm.warmup_epochs = 5   # no drop for epochs e <= warmup_epochs (authors: 5; -1: from epoch 0, BalanceBenchmark)
+  c.balancing.gblending = ml_collections.ConfigDict()
+  c.balancing.gblending.super_epoch = 10  # epochs per weight window (BalanceBenchmark: 10)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adam'           # adam | sgd, both with coupled L2 weight decay

@@ -8,13 +8,18 @@ section, its tests and its row in docs/methods.md.
 """
 
 from mlb_jax.balancing.agm import make_agm
+from mlb_jax.balancing.cml import make_cml
+from mlb_jax.balancing.gblending import make_gblending
+from mlb_jax.balancing.mbsd import make_mbsd
 from mlb_jax.balancing.method import (EpochContext, GradInputs, LossInputs, Method, MethodContext,
                                       StepInputs, multiloss_objectives)
 from mlb_jax.balancing.mlb import (coefficients_from_ratios, make_mlb, mlb_balance, mlb_coefficients,
                                    performance_ratios)
 from mlb_jax.balancing.mmcosine import make_mmcosine
+from mlb_jax.balancing.mmpareto import make_mmpareto
 from mlb_jax.balancing.mslr import make_mslr
 from mlb_jax.balancing.ogm import make_ogm, make_ogm_ge, ogm_coefficients
+from mlb_jax.balancing.opm import make_opm
 from mlb_jax.balancing.pmr import make_pmr
 from mlb_jax.balancing.scores import SCORES, correct_count, modality_scores, true_class_probability
 from mlb_jax.balancing.unbalanced import make_joint, make_multiloss
@@ -33,6 +38,11 @@ METHODS = {
     'agm': make_agm,              # zero-masking contributions, backward-scaled
     'pmr': make_pmr,              # prototype losses for the weaker modality
     'mmcosine': make_mmcosine,    # cosine-normalised fusion
+    'mmpareto': make_mmpareto,    # per-encoder Pareto combination of fused and unimodal gradients
+    'mbsd': make_mbsd,            # confidence-gap weighted agreement of the contributions
+    'cml': make_cml,              # no confidence rise when modalities are removed
+    'opm': make_opm,              # random drop of the leading modality's features, re-fused
+    'gblending': make_gblending,  # Eq. 3 with head weights from train/val loss changes per super-epoch
 }
 
 

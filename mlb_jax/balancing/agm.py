@@ -94,12 +94,12 @@ def agm_coefficients(losses: jax.Array, mean_loss: jax.Array, step: jax.Array, *
 def agm_clip(grads, probe_heads: tuple[str, ...] = (), fusion_key: str = 'fusion'):
   """Clip to global norm 1 when a fusion weight's gradient leaves [-1, 1] (the authors' `clip_grad: "AGM"`).
 
-  The trigger looks at the fusion head's weight matrices (leaves named 'kernel'), not its biases;
+  The trigger looks at the fusion head's weight matrices (leaves named 'kernel...'), not its biases;
   the norm and the clip cover every gradient except those of the stop-gradient probe heads
   `params[m]['head']` for m in `probe_heads` (in the authors' code those heads get no gradient).
   """
   kernels = [g for path, g in jax.tree_util.tree_leaves_with_path(grads[fusion_key])
-             if getattr(path[-1], 'key', None) == 'kernel']
+             if str(getattr(path[-1], 'key', '')).startswith('kernel')]  # 'kernel', MMCosine's 'kernel_<m>'
   trigger = jnp.any(jnp.stack([jnp.max(jnp.abs(g)) for g in kernels]) > 1.0)
   clipped = {k: ({**v, 'head': None} if k in probe_heads else v) for k, v in grads.items()}
   norm = optax.tree.norm(clipped)
@@ -134,9 +134,9 @@ def make_agm(modalities: tuple[str, ...], cfg, ctx) -> Method:
     raise ValueError(f"balancing.agm.reencode must be one of {REENCODE_CHOICES}, got '{reencode}'")
   if not alpha > 0:
     raise ValueError(f'balancing.agm.alpha must be > 0, got {alpha}')
-  a, v = modalities
 
   def loss(inputs: LossInputs, state: AGMState):
+    a, v = modalities  # two modalities: the build refuses others (max_modalities) before any step
     model, variables, features = inputs.model, inputs.variables, inputs.output.features
 
     def encode(m, zeroed):
