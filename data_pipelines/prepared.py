@@ -5,6 +5,11 @@ turns lists of clip ids into `TransformedSource` splits over the ArrayRecord
 data source, decoded at read time: the float16 spectrogram becomes float32
 'audio' [F, T], the JPEG frames become ImageNet-normalised float32 'video'
 [T, S, S, 3] (random crop and flip on the training split only), 'label' int32.
+
+Only `open_prepared` needs TensorFlow Datasets (imported there): the decoding
+and augmentation (`decode_record`, `augment_record`, `make_source`) work on any
+random-access records of that layout, e.g. `benchmarks/input_pipeline.py`'s
+ArrayRecord files, on machines without TensorFlow.
 """
 
 import functools
@@ -12,7 +17,6 @@ import os
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
-import tensorflow_datasets as tfds
 from absl import logging
 
 from data_pipelines import frames
@@ -41,6 +45,7 @@ def open_prepared(data_dir: str, name: str, version: str) -> Prepared:
     raise FileNotFoundError(f'{path}: no prepared {name} dataset (version {version}); build it with '
                             f'python -m data_pipelines.prepare --dataset={name} --raw_dir=... '
                             f'--out_dir={data_dir}')
+  import tensorflow_datasets as tfds  # only to open a prepared dataset: decoding and augmenting need none
   builder = tfds.builder_from_directory(path)
   return Prepared(path, builder, dict(builder.info.metadata))
 

@@ -74,6 +74,7 @@ def main(argv):
   from mlb_jax import build, console, distributed, loop, runtime, workdir as workdir_lib  # after flag parsing
 
   workdir = os.path.abspath(_WORKDIR.value)
+  logged = False  # whether library records go to <workdir>/train.log (then the error goes there too)
   try:
     build.validate(_CONFIG.value)  # a bad config is refused before anything is created
     if _MODE.value == 'train' or _CHECKPOINT_DIR.value:  # results of another checkpoint may go to a new workdir
@@ -82,6 +83,7 @@ def main(argv):
       raise FileNotFoundError(f"workdir '{workdir}' does not exist; train first (--mode=train)")
     if not _VERBOSE.value:
       console.log_to_file(os.path.join(workdir, LOG))
+      logged = True
     distributed.initialize(distributed.settings(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value))
     config = _CONFIG.value
     runtime.use_compilation_cache(config.compilation_cache_dir)
@@ -95,7 +97,8 @@ def main(argv):
           'to resume from it', file=sys.stderr)
     return INTERRUPTED
   except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError, workdir_lib.WorkdirBusy) as e:
-    logging.info('error: %s', e)  # the log file; the console gets the one line below
+    if logged:
+      logging.info('error: %s', e)  # the log file; the console gets the one line below
     print(f'error: {e}', file=sys.stderr)
     return 1
   split = _EVAL_SPLIT.value if _MODE.value == 'eval' else 'test'

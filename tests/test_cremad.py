@@ -25,7 +25,7 @@ def test_published_clip_list():
   counts = np.bincount(list(clips.values()), minlength=6)
   assert dict(zip(cremad.CLASSES, counts.tolist())) == {
       'NEU': 1087, 'HAP': 1271, 'SAD': 1271, 'FEA': 1271, 'DIS': 1271, 'ANG': 1271}
-  assert clips['1026_IEO_ANG_HI'] == 5 and clips['1001_IEO_NEU_XX'] == 0  # METHODS.md §5.1 order
+  assert clips['1026_IEO_ANG_HI'] == 5 and clips['1001_IEO_NEU_XX'] == 0  # docs/methods.md#crema-d order
 
 
 def test_ogm_split_and_its_validation_holdout():
@@ -44,7 +44,7 @@ def test_ogm_split_and_its_validation_holdout():
 @pytest.mark.parametrize('fold, sizes', [(1, (4043, 878, 899)), (2, (4024, 881, 915)), (3, (4017, 869, 934))])
 def test_vavl_folds_are_actor_disjoint_with_the_reference_counts(fold, sizes):
   a = cremad.assign_splits(data_config('', split='vavl', fold=fold), [])
-  assert tuple(len(a[s]) for s in splits.SPLITS) == sizes  # METHODS.md §5.1 table
+  assert tuple(len(a[s]) for s in splits.SPLITS) == sizes  # docs/methods.md#crema-d table
   actors = {s: {cremad.actor_of(i) for i in a[s]} for s in splits.SPLITS}
   assert [len(actors[s]) for s in splits.SPLITS] == [63, 14, 14]
   assert not (actors['train'] & actors['val'] or actors['train'] & actors['test'] or actors['val'] & actors['test'])

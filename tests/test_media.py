@@ -27,10 +27,10 @@ def test_log_stft_matches_the_definition_and_the_reference_shapes():
   wave = (0.5 * rng.standard_normal(66150)).astype(np.float32)
   wave[100] = 3.0  # clipped to 1 first
   spec = spectrogram.log_stft(wave, 512, 353)
-  assert spec.shape == (257, 188) and spec.dtype == np.float32  # CREMA-D, METHODS.md §5.1
+  assert spec.shape == (257, 188) and spec.dtype == np.float32  # CREMA-D, docs/methods.md#crema-d
   for j in (0, 1, 94, 187):  # first and last columns see the zero padding
     np.testing.assert_allclose(spec[[0, 1, 40, 256], j], explicit_log_stft_column(wave, j), atol=2e-4)
-  assert spectrogram.log_stft(np.zeros(48000), 512, 353).shape == (257, 136)  # UCF101, §5.3
+  assert spectrogram.log_stft(np.zeros(48000), 512, 353).shape == (257, 136)  # UCF101, docs/methods.md#ucf101
   np.testing.assert_allclose(spectrogram.log_stft(np.zeros(1000)), np.log(1e-7), rtol=1e-6)
 
 
@@ -38,7 +38,7 @@ def test_log_psd_is_scipys_spectrogram_with_the_ave_shape():
   from scipy import signal
   wave = np.random.default_rng(1).uniform(-1, 1, 160000).astype(np.float32)
   spec = spectrogram.log_psd(wave, 16000, 512, 353)
-  assert spec.shape == (257, 1004)  # AVE, METHODS.md §5.2
+  assert spec.shape == (257, 1004)  # AVE, docs/methods.md#ave
   _, _, psd = signal.spectrogram(wave, fs=16000, window=('tukey', 0.25), nperseg=512, noverlap=353,
                                  detrend='constant', scaling='density', mode='psd')
   np.testing.assert_allclose(spec, np.log(psd + 1e-7), rtol=1e-5, atol=1e-5)

@@ -75,7 +75,7 @@ def test_plot_balancing(tmp_path):
 def test_plot_balancing_needs_logged_ratios(tmp_path):
   no_ratios = {'train': [{'step': 1, 'acc_fused': 0.1}], 'val': []}
   assert not plots.has_balancing(no_ratios, ('audio', 'video'))
-  with pytest.raises(ValueError, match='no ratio_<m> / scale_<m>'):
+  with pytest.raises(ValueError, match='no ratio_<m> records'):
     plots.plot_balancing(no_ratios, ('audio', 'video'), alpha=1.0, beta_max=2.0, path=str(tmp_path / 'x.png'))
 
 
