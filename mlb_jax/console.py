@@ -19,20 +19,22 @@ import logging as py_logging
 import sys
 import time
 
-from absl import logging
+from absl import flags, logging
 
 from mlb_jax import losses
 
 
 def log_to_file(path: str) -> None:
-  """Library INFO records to `path` (appended); the console keeps warnings and errors."""
+  """Library INFO records (or those of an explicit `--verbosity`) to `path`, appended; the console
+  keeps warnings and errors."""
   handler = py_logging.FileHandler(path)
   handler.setFormatter(py_logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
   handler.setLevel(py_logging.INFO)
   root = py_logging.getLogger()
   root.addHandler(handler)
-  root.setLevel(py_logging.INFO)
-  logging.set_verbosity(logging.INFO)
+  if not (flags.FLAGS.is_parsed() and flags.FLAGS['verbosity'].present):  # an explicit --verbosity wins
+    root.setLevel(py_logging.INFO)
+    logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().setLevel(py_logging.WARNING)
 
 
