@@ -226,10 +226,16 @@ def results_name(split: str) -> str:
 
 
 def write_results(workdir: str, config, best_step: int, evaluated: dict, val: dict | None, *,
-                  split: str = 'test', checkpoint: str | None = None) -> dict:
-  """The results payload ({split: metrics of every head}); process 0 writes it to `results_name(split)`."""
+                  split: str = 'test', checkpoint: str | None = None, trained_with: dict | None = None) -> dict:
+  """The results payload ({split: metrics of every head}); process 0 writes it to `results_name(split)`.
+
+  `trained_with`: the config stored with the evaluated checkpoint, when it differs from `config` in
+  fields evaluation may change (data, schedule).
+  """
   payload = {'method': config.method, 'best_step': int(best_step), split: evaluated,
              'config': config.to_dict()}
+  if trained_with is not None:
+    payload['trained_with'] = trained_with
   if val is not None:
     payload['val'] = val
   if checkpoint is not None:
@@ -597,8 +603,8 @@ def evaluate_checkpoint(exp: Experiment, workdir: str, *, split: str = 'test',
     state, _, step = checkpointing.restore_latest(mngr, initial_state([exp]))
   finally:
     mngr.close()
-  if stored is not None:  # results say what was trained (the stored config) and what was evaluated (data)
-    config = ml_collections.ConfigDict({**stored, 'data': config.data.to_dict()})
+  # The config the checkpoint was trained with, kept in the results where it differs from `config`.
+  trained_with = stored if stored is not None and config_diff.differences(stored, config) else None
   heads = (losses.FUSED, *exp.modalities)
   kwargs = dict(batch_size=config.data.eval_batch_size, heads=heads, ece_bins=config.train.ece_bins)
   val, logits, labels = evaluate_split(exp.training.eval_step, state, exp.dataset.splits['val'], **kwargs)
@@ -611,7 +617,8 @@ def evaluate_checkpoint(exp: Experiment, workdir: str, *, split: str = 'test',
     np.savez(tmp, label=labels, **{f'logits_{h}': z for h, z in logits.items()})
     os.replace(tmp, os.path.join(workdir, name))
   results = write_results(workdir, config, step, evaluated, val, split=split,
-                          checkpoint=None if checkpoint_dir is None else os.path.join(path, str(step)))
+                          checkpoint=None if checkpoint_dir is None else os.path.join(path, str(step)),
+                          trained_with=trained_with)
   logging.info('%s accuracy (checkpoint step %d): %s', split, step,
                {h: round(d['accuracy'], 4) for h, d in evaluated.items()})
   return results

@@ -40,6 +40,7 @@ def saved_state(workdir, step=None):
 def results_without_config(workdir):
   out = json.load(open(os.path.join(workdir, loop.RESULTS)))
   del out['config']
+  out.pop('trained_with', None)  # an extended run's best checkpoint may predate the extension
   return out
 
 
