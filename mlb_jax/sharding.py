@@ -42,23 +42,6 @@ def check_batch_size(batch_size: int, mesh: Mesh, field: str) -> None:
                      f'(and of the process count {processes}); the batch is split evenly over devices')
 
 
-def replicate(tree, mesh: Mesh):
-  """`tree` (host or device arrays, the same values on every process) copied to every device.
-
-  Goes through host memory, as `jax.device_put` cannot target the devices of
-  other processes; PRNG keys travel as their key data.
-  """
-  target = replicated(mesh)
-
-  def leaf(x):
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      return jax.random.wrap_key_data(leaf(jax.random.key_data(x)), impl=jax.random.key_impl(x))
-    host = np.asarray(x)
-    return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
-
-  return jax.tree.map(leaf, tree)
-
-
 def shard_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Global arrays from this process's rows of the batch (all rows when there is one process).
 

@@ -30,13 +30,11 @@ class TrainState:
   rng: jax.Array
 
 
-def make_init(model, tx: optax.GradientTransformation, method: Method, *, out_shardings=None,
-              compiler_options=None):
-  """The jitted `(sample_batch, rng) -> TrainState` of this model, optimizer and method.
+def make_init(model, tx: optax.GradientTransformation, method: Method):
+  """The pure `(sample_batch, rng) -> TrainState` of this model, optimizer and method.
 
-  One function per (model, tx, method): every call with batches of the same
-  shapes reuses its compilation. `out_shardings` (e.g. replicated over a
-  mesh) creates the state in place on the devices.
+  `mlb_jax.build` jits it once per run, with the devices' shardings (one seed) or
+  vmapped over the seeds' keys.
 
   Args:
     sample_batch: {modality: [B, ...]} used only for shapes.
@@ -55,8 +53,7 @@ def make_init(model, tx: optax.GradientTransformation, method: Method, *, out_sh
         method_state=method.init_state(params),
         rng=train_rng)
 
-  kwargs = {} if out_shardings is None else {'out_shardings': out_shardings}
-  return jax.jit(init, compiler_options=compiler_options, **kwargs)
+  return init
 
 
 def parameter_count(params) -> int:
