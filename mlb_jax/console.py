@@ -59,6 +59,12 @@ def train_line(step: int, total: int, means: dict, steps_per_sec: float, eta: fl
   return '  '.join(parts)
 
 
+def val_line(step: int, val: dict, best: dict) -> str:
+  """One validation of one run, as printed."""
+  accs = '  '.join(f"{h} {d['accuracy']:.4f}" for h, d in val.items())
+  return f"step {step}  val accuracy {accs}  (best {best['accuracy']:.4f} at step {best['step']})"
+
+
 class Console:
   """Prints the loop's progress events (see the module docstring).
 
@@ -133,9 +139,7 @@ class Console:
     elif kind == 'val':
       several = len(event['runs']) > 1
       for run, val, best in zip(event['runs'], event['val'], event['best']):
-        accs = '  '.join(f"{h} {d['accuracy']:.4f}" for h, d in val.items())
-        self.print(prefix + (f'{run}: ' if several else '') +
-                   f"step {event['step']}  val accuracy {accs}  (best {best['accuracy']:.4f} at step {best['step']})")
+        self.print(prefix + (f'{run}: ' if several else '') + val_line(event['step'], val, best))
       if event['step'] == event['total'] and self._bar is not None:
         self._bar.close()
         self._bar = None

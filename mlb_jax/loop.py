@@ -448,8 +448,7 @@ def log_progress(event: dict) -> None:
                    console.train_line(event['step'], event['total'], means, event['steps_per_sec'], None))
   elif kind == 'val':
     for run, val, best in zip(event['runs'], event['val'], event['best']):
-      logging.info('%sstep %d  val acc %s  (best %.4f at step %d)', f'{run}: ' if several else '', event['step'],
-                   {h: round(d['accuracy'], 4) for h, d in val.items()}, best['accuracy'], best['step'])
+      logging.info('%s%s', f'{run}: ' if several else '', console.val_line(event['step'], val, best))
 
 
 def _train(exps: Sequence[Experiment], workdirs: Sequence[str], state, best: list, iters, lasts, bests,
