@@ -52,10 +52,11 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/synthetic.py', 'Config file.')
-_METHODS = flags.DEFINE_list(
-    'methods', ['joint', 'multiloss', 'mlb', 'ogm', 'ogm_ge', 'mslr', 'agm', 'pmr', 'mmcosine', 'mmpareto', 'mbsd',
-                'cml', 'opm', 'gblending'],
-    'Methods to time; the first is the reference of the ratios.')
+from mlb_jax import balancing  # noqa: E402  (after the path insert)
+
+_METHODS = flags.DEFINE_list('methods', list(balancing.METHODS),
+                             'Methods to time (default: every method, joint first); the first is the reference '
+                             'of the ratios.')
 _STEPS = flags.DEFINE_integer('steps', 200, 'Steps per round.')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Interleaved rounds.')
 _JSON = flags.DEFINE_bool('json', False, 'Print a JSON line as well.')
@@ -87,7 +88,10 @@ def prepare(config, method):
   it = common.train_batches(exp.dataset.splits['train'], batch_size=config.data.batch_size, seed=0)
   # data loading is not timed
   batches = [exp.training.place_batch([next(it)]) for _ in range(8)]
-  return compiled_bench(exp.training.train_step, state, batches)
+  combine = exp.training.method.combine is not None
+  passes = pass_functions(exp.training, state, batches[0]) if combine else None  # before the state is donated
+  return {**compiled_bench(exp.training.train_step, state, batches), 'combine': combine, 'passes': passes,
+          'name': method}
 
 
 def compiled_bench(step, state, batches):
@@ -307,9 +311,62 @@ def main(argv):
     rows['agm']['extra_forward_passes'] = passes
     print(f"agm makes {passes['encoder']} extra encoder and {passes['fusion']} extra fusion passes per step "
           f"(balancing.agm.reencode='{config.balancing.agm.reencode}'): x{rows['agm']['ratio_to_first']:.3f}")
+  for m, b in benches.items():
+    if b['combine'] and 'multiloss' in rows:
+      rows[m]['backward_passes'] = combine_cost(b, rows[m]['ms_per_step'], rows['multiloss']['ms_per_step'])
   if _JSON.value:
     print(json.dumps({'config': config.data.name, 'batch_size': batch, 'device': jax.devices()[0].device_kind,
-                      'methods': rows}))
+                      'load_average': os.getloadavg()[0], 'methods': rows}))
+
+
+def pass_functions(training, state, batch):
+  """Jitted (forward of the method's objectives, gradient of their sum) on `batch`, and the number of
+  objectives: the pieces of a `combine` method's step (one forward, one backward per objective)."""
+  from mlb_jax.balancing.method import LossInputs, multiloss_objectives
+  model, method = training.model, training.method
+  key = jax.random.key(0)
+
+  def total(params):
+    variables = {'params': params, 'batch_stats': state.batch_stats}
+    out, _ = model.apply(variables, batch, train=True, detach_unimodal=method.unimodal_heads == 'probe',
+                         rngs={'dropout': key}, mutable=['batch_stats'])
+    inputs = LossInputs(model, variables, batch, out, batch['label'], state.step, key, training.loss_weights)
+    objectives = method.loss(inputs, state.method_state)[0] if method.loss else multiloss_objectives(inputs)[0]
+    return sum(objectives.values()), len(objectives)
+
+  count = total(state.params)[1]
+  return jax.jit(lambda p: total(p)[0]), jax.jit(jax.grad(lambda p: total(p)[0])), count
+
+
+def combine_cost(bench, ms_step, ms_multiloss):
+  """Expected vs measured step time of a `combine` method (one backward pass per objective, batched).
+
+  Expected: Multi-Loss's step (one forward, one backward of the summed loss) plus K - 1 more backward
+  passes, each costing (gradient - forward) of the method's objectives, timed here on the same batch.
+  """
+  forward, backward, count = bench['passes']
+  params = bench['state'].params
+  times = {}
+  for name, fn in (('forward', forward), ('gradient', backward)):
+    jax.block_until_ready(fn(params))
+    samples = []
+    for _ in range(_ROUNDS.value):
+      start = time.perf_counter()
+      for _ in range(_STEPS.value):
+        out = fn(params)
+      jax.block_until_ready(out)
+      samples.append((time.perf_counter() - start) / _STEPS.value)
+    times[name] = 1e3 * statistics.median(samples)
+  one_backward = max(times['gradient'] - times['forward'], 0.0)
+  expected = ms_multiloss + (count - 1) * one_backward
+  out = {'objectives': count, 'forward_ms': times['forward'], 'gradient_ms': times['gradient'],
+         'one_backward_ms': one_backward, 'expected_ms_per_step': expected, 'measured_ms_per_step': ms_step,
+         'measured_over_expected': ms_step / expected}
+  print(f"{bench['name']}: {count} objectives = {count} backward passes per step. One backward costs "
+        f"{one_backward:.2f} ms (gradient {times['gradient']:.2f} - forward {times['forward']:.2f}); expected "
+        f"multiloss + {count - 1} x backward = {expected:.2f} ms/step, measured {ms_step:.2f} "
+        f"(x{ms_step / expected:.3f} of expected)")
+  return out
 
 
 if __name__ == '__main__':

@@ -27,14 +27,11 @@ from absl import app, flags, logging
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 from configs import synthetic  # noqa: E402  (path set above)
-from mlb_jax import loop, runtime  # noqa: E402
+from mlb_jax import balancing, loop, runtime  # noqa: E402
 from mlb_jax.experiments import aggregate, runner  # noqa: E402
 
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (training and data draw).')
-_METHODS = flags.DEFINE_list(
-    'methods', ['joint', 'multiloss', 'mlb', 'ogm', 'ogm_ge', 'mslr', 'agm', 'pmr', 'mmcosine', 'mmpareto', 'mbsd',
-                'cml', 'opm', 'gblending'],
-    'Methods to compare.')
+_METHODS = flags.DEFINE_list('methods', list(balancing.METHODS), 'Methods to compare (default: every method).')
 _OUT = flags.DEFINE_string('out', 'benchmarks/out/synthetic_compare', 'Output directory.')
 _SET = flags.DEFINE_multi_string('set', [], 'Config overrides for every run, e.g. balancing.mlb.alpha=1.5.')
 _ALONE = flags.DEFINE_bool('alone', True, 'Also train each modality alone (the unimodal references).')

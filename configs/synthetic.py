@@ -77,4 +77,5 @@ def get_config(arg=None):
     c.train.num_steps = 2
     c.train.eval_every = 2
     c.train.log_every = 1
+    c.balancing.umt.teacher_epochs = 1   # UMT's teacher runs: one epoch each
   return c

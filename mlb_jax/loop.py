@@ -40,6 +40,7 @@ RESULTS = 'results.json'
 HISTORY = 'metrics.jsonl'  # one JSON object per log/eval event; a resume drops the rows after the restored step
 PREDICTIONS = 'test_predictions.npz'  # logits of every head and labels, best checkpoint
 PROFILE = 'profile'  # profiler traces of config.profile_steps
+PREREQUISITES = 'prerequisites'  # <workdir>/prerequisites/<name>/: the method's prerequisite runs
 SPLITS = ('train', 'val', 'test')
 MAY_DIFFER = ('seed', 'num_seeds', 'data')  # config fields the runs of one vmapped step may set differently
 
@@ -180,9 +181,18 @@ def epoch_context(exp: Experiment, epoch: int, step: int) -> balancing.EpochCont
       if hasattr(it, 'close'):
         it.close()
 
+  def held_out(num_samples: int):
+    source = exp.dataset.splits['val']
+    if not 1 <= num_samples <= len(source):
+      raise ValueError(f'a method asked for {num_samples} held-out samples; the validation split has {len(source)}')
+    batch = next(iter(common.eval_batches(source, batch_size=num_samples)))
+    batch.pop(common.MASK)
+    return batch
+
   return balancing.EpochContext(epoch=epoch, step=step, steps_per_epoch=training.spec.steps_per_epoch,
                                 num_classes=training.spec.num_classes, seed=config.seed,
-                                evaluate=evaluate_for_method, encode=encode)
+                                evaluate=evaluate_for_method, encode=encode, held_out=held_out,
+                                model=training.model)
 
 
 def nonfinite_description(values: Mapping[str, float]) -> str | None:
@@ -371,6 +381,9 @@ def _train_and_evaluate_locked(configs, workdirs, allow_changed, progress) -> li
   finished_apart = False
   try:
     states = split_replicas(training, initial_state(exps))
+    if training.method.prerequisites is not None and not all(m.all_steps() for m in lasts):
+      prerequisites = prerequisite_states(exps, workdirs, allow_changed, progress)
+      states = [training.method.adopt(s, p) for s, p in zip(states, prerequisites)]
     best = [{'step': -1, 'accuracy': -1.0} for _ in exps]
     if any(m.all_steps() for m in lasts):
       for m, e, w in zip(lasts, exps, workdirs):  # before any state is read: a state of another config may not fit
@@ -401,6 +414,31 @@ def _train_and_evaluate_locked(configs, workdirs, allow_changed, progress) -> li
     return [_train_and_evaluate_locked([c], [w], allow_changed, progress)[0] for c, w in zip(configs, workdirs)]
   single = [Experiment(e.config, e.dataset, _single(e.training)) for e in exps]
   return [evaluate_checkpoint(e, w, allow_changed=allow_changed) for e, w in zip(single, workdirs)]
+
+
+def prerequisite_states(exps: Sequence[Experiment], workdirs: Sequence[str], allow_changed, progress) -> list[dict]:
+  """Trains (or resumes, or reuses) the method's prerequisite runs of every run and returns, per run,
+  {name: the best state of its prerequisite `name`}; run s's prerequisite `name` lives in
+  `<workdirs[s]>/prerequisites/<name>/` and has run s's seed."""
+  method = exps[0].training.method
+  wanted = [method.prerequisites(e.config) for e in exps]
+  out = [{} for _ in exps]
+  for name in wanted[0]:
+    configs = [w[name] for w in wanted]
+    dirs = [os.path.join(w, PREREQUISITES, name) for w in workdirs]
+
+    def named(event, name=name):
+      progress({**event, 'runs': [f'{name} {r}' for r in event['runs']]} if 'runs' in event else event)
+
+    train_and_evaluate_many(configs, dirs, allow_changed=allow_changed, progress=named)
+    for s, (c, d, e) in enumerate(zip(configs, dirs, exps)):
+      exp = build_lib.build(c, dataset=e.dataset)
+      mngr = checkpointing.manager(d, checkpointing.BEST)
+      try:
+        out[s][name], _, _ = checkpointing.restore_latest(mngr, initial_state([exp]))
+      finally:
+        mngr.close()
+  return out
 
 
 def check_stored_config(meta: dict, config, where: str, step: int, allow_changed: Sequence[str] = ()) -> None:

@@ -6,7 +6,7 @@ changes per step (the coefficients k_i, the step counter, rngs) is an array, so
 nothing retraces.
 
 Order within a step (as the authors' code, docs/methods.md#common-training-step):
-one train-mode forward pass, the method's objectives (default Eq. 3) and
+one train-mode forward pass (with the method's `model_args`), the method's objectives (default Eq. 3) and
 the gradient of their sum; the method's gradient transform; the per-modality
 scales from the stop-gradient unimodal logits of this batch; then the optimizer
 with `modality_scales` = k (see `mlb_jax.balancing.method`).
@@ -74,11 +74,12 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model, tx, 
   step_rng = jax.random.fold_in(state.rng, state.step)
   dropout_rng, method_rng = jax.random.split(step_rng)
   loss = method.loss or _default_loss
+  model_args = method.model_args(state.method_state) if method.model_args is not None else {}
 
   def loss_fn(params, with_objectives=False):
     variables = {'params': params, 'batch_stats': state.batch_stats}
     out, new_vars = model.apply(variables, batch, train=True, detach_unimodal=method.unimodal_heads == 'probe',
-                                rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+                                rngs={'dropout': dropout_rng}, mutable=['batch_stats'], **model_args)
     inputs = LossInputs(model, variables, batch, out, labels, state.step, method_rng, loss_weights)
     objectives, method_state, loss_metrics = loss(inputs, state.method_state)
     total = sum(objectives.values())
@@ -88,7 +89,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model, tx, 
   if method.combine is None:  # one backward pass of the sum
     (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     out, batch_stats, method_state, method_metrics = aux
-  else:  # one gradient per objective (one batched backward pass), combined by the method
+  else:  # one gradient per objective (one forward, one backward pass each), combined by the method
     def objectives_fn(params):
       total, (out, batch_stats, method_state, loss_metrics, objectives) = loss_fn(params, with_objectives=True)
       return objectives, (total, out, batch_stats, method_state, loss_metrics)
@@ -96,9 +97,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model, tx, 
     objectives, vjp_fn, aux = jax.vjp(objectives_fn, state.params, has_aux=True)
     total, out, batch_stats, method_state, method_metrics = aux
     names = sorted(objectives)
-    basis = {n: jnp.eye(len(names), dtype=objectives[n].dtype)[i] for i, n in enumerate(names)}
-    per_objective = jax.vmap(lambda b: vjp_fn(b)[0])(basis)
-    per_objective = {n: jax.tree.map(lambda g, i=i: g[i], per_objective) for i, n in enumerate(names)}
+    one_hot = lambda n: {m: jnp.asarray(m == n, objectives[m].dtype) for m in names}
+    per_objective = {n: vjp_fn(one_hot(n))[0] for n in names}  # K backward passes sharing one forward
     grads, method_state, combine_metrics = method.combine(
         per_objective, GradInputs(state.params, state.step, method_rng), method_state)
     method_metrics = {**method_metrics, **combine_metrics}

@@ -44,13 +44,13 @@ def make_init(model, tx: optax.GradientTransformation, method: Method):
   def init(sample_batch, rng):
     init_rng, train_rng = jax.random.split(rng)
     variables = model.init({'params': init_rng, 'dropout': init_rng}, sample_batch, train=False)
-    params = variables['params']
+    params, batch_stats = variables['params'], variables.get('batch_stats', {})
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        batch_stats=variables.get('batch_stats', {}),
+        batch_stats=batch_stats,
         opt_state=tx.init(params),
-        method_state=method.init_state(params),
+        method_state=method.init_state({'params': params, 'batch_stats': batch_stats}),
         rng=train_rng)
 
   return init

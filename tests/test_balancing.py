@@ -252,7 +252,7 @@ def test_method_declarations_follow_the_methods_table(name):
   if method.unimodal_source == 'contributions':
     fusions &= frozenset(balancing.DECOMPOSABLE_FUSIONS)
   assert fusions == row.fusions
-  assert balancing.resolve_fusion(method, 'auto') == ('mmcosine' if name == 'mmcosine' else 'late_linear')
+  assert balancing.resolve_fusion(method, 'auto') == {'mmcosine': 'mmcosine', 'greedy': 'mmtm'}.get(name, 'late_linear')
   assert balancing.resolve_fusion(method, 'gated') == 'gated'   # an explicit fusion is kept
 
 

@@ -98,7 +98,7 @@ def mslr_context(epoch, accuracy, calls):
     raise AssertionError('MSLR encodes nothing')
 
   return balancing.EpochContext(epoch=epoch, step=4 * epoch, steps_per_epoch=4, num_classes=3, seed=0,
-                                evaluate=evaluate, encode=encode)
+                                evaluate=evaluate, encode=encode, held_out=None, model=None)
 
 
 def test_mslr_ratio_after_an_accuracy_history():
@@ -297,7 +297,8 @@ def method_config(method, steps):
   return config   # model.fusion 'auto': mmcosine gets its own fusion
 
 
-@pytest.mark.parametrize('method', ALL_METHODS)
+# UMT trains its teacher runs first; tests/test_umt.py trains it end to end (two seeds, teachers reused).
+@pytest.mark.parametrize('method', [m for m in ALL_METHODS if m != 'umt'])
 def test_every_method_runs_five_steps_finite(tmp_path, method):
   results = loop.train_and_evaluate(method_config(method, 5), str(tmp_path / method))
   assert isinstance(results, list) and len(results) == 1

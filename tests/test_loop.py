@@ -132,6 +132,38 @@ def test_unimodal_reference_selects_its_own_head(tmp_path):
     build.build(config)
 
 
+# The authors' released values, written out by hand from their configs and printed commands
+# (docs/methods.md#released-hyperparameters), not read from configs/lib/released.py.
+BY_HAND = [
+    ('cremad', 'mlb', 'balancing.mlb.alpha', 0.8), ('cremad', 'mlb', 'balancing.mlb.beta_max', 2.0),
+    ('cremad', 'ogm', 'balancing.ogm.alpha', 0.8), ('cremad', 'agm', 'balancing.agm.alpha', 1.5),
+    ('cremad', 'pmr', 'balancing.pmr.alpha', 1.75), ('cremad', 'pmr', 'balancing.pmr.end_epoch', 70),
+    ('cremad', 'mmcosine', 'model.mmcosine.scale', 10.0), ('cremad', 'mslr', 'balancing.mslr.keep_epochs', 5),
+    ('ave', 'mlb', 'balancing.mlb.alpha', 2.0), ('ave', 'agm', 'balancing.agm.alpha', 1.0),
+    ('ave', 'pmr', 'balancing.pmr.alpha', 1.5), ('ave', 'mmcosine', 'model.mmcosine.scale', 8.0),
+    ('ave', 'mslr', 'balancing.mslr.keep_epochs', 10), ('ave', 'mslr', 'balancing.mslr.initial.audio', 0.7),
+    ('ave', 'mslr', 'balancing.mslr.initial.video', 1.3),
+    ('ucf101', 'mlb', 'balancing.mlb.alpha', 1.0), ('ucf101', 'ogm', 'balancing.ogm.alpha', 1.5),
+    ('ucf101', 'agm', 'balancing.agm.alpha', 0.8), ('ucf101', 'pmr', 'balancing.pmr.alpha', 3.0),
+]
+
+
+def test_released_hyperparameters_by_hand():
+  from configs.lib import released
+  for dataset, method, dotted, value in BY_HAND:
+    target = released.apply(base.get_config(), dataset, method)
+    for part in dotted.split('.'):
+      target = target[part]
+    assert target == value, (dataset, method, dotted, target, value)
+  # AVE with the Mid-MLP head takes the `--cls nonlinear` commands' values
+  c = base.get_config()
+  c.model.fusion = 'mid_mlp'
+  assert released.apply(c, 'ave', 'mlb').balancing.mlb.alpha == 1.0
+  c = base.get_config()
+  c.model.fusion = 'mid_mlp'
+  assert released.apply(c, 'ave', 'agm').balancing.agm.alpha == 2.0
+
+
 @pytest.mark.parametrize('dataset', ['cremad', 'ave', 'ucf101'])
 @pytest.mark.parametrize('method', sorted(balancing.METHODS))
 def test_released_hyperparameters_apply_to_every_method(dataset, method):

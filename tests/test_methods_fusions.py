@@ -22,7 +22,8 @@ METHODS = sorted(balancing.METHODS)
 FUSIONS = [*sorted(models.FUSIONS), 'auto']
 HEAD_CLASSES = {'late_linear': fusion_heads.LateLinearFusion, 'mid_mlp': fusion_heads.MidMLPFusion,
                 'mmcosine': fusion_heads.MMCosineFusion, 'film': fusion_heads.FiLMFusion,
-                'gated': fusion_heads.GatedFusion, 'transformer': fusion_heads.TransformerFusion}
+                'gated': fusion_heads.GatedFusion, 'transformer': fusion_heads.TransformerFusion,
+                'mmtm': fusion_heads.MMTMFusion}
 
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs', 'methods.md')
@@ -62,10 +63,10 @@ def methods_table() -> dict[str, Row]:
 
 
 def resolved(method: str, fusion: str) -> str:
-  """docs/methods.md: 'auto' is the method's own fusion (mmcosine for MMCosine), else late_linear."""
+  """docs/methods.md: 'auto' is the method's own fusion (mmcosine for MMCosine, mmtm for Greedy), else late_linear."""
   if fusion != 'auto':
     return fusion
-  return 'mmcosine' if method == 'mmcosine' else 'late_linear'
+  return {'mmcosine': 'mmcosine', 'greedy': 'mmtm'}.get(method, 'late_linear')
 
 
 def defined(method: str, fusion: str) -> bool:
@@ -106,7 +107,7 @@ def test_every_method_has_a_row_in_the_methods_table():
   table = methods_table()
   assert set(balancing.METHODS) <= set(table), sorted(set(balancing.METHODS) - set(table))
   # spot checks of the parse against the table as written
-  assert table['agm'].fusions == frozenset(models.FUSIONS) - {'transformer'} and table['agm'].max_modalities == 2
+  assert table['agm'].fusions == frozenset(models.FUSIONS) - {'transformer', 'mmtm'} and table['agm'].max_modalities == 2
   assert table['ogm'] == table['ogm_ge'] and table['ogm'].fusions == {'late_linear', 'mmcosine'}
   assert table['mmcosine'].fusions == {'mmcosine'} and not table['mmcosine'].has_scales
   assert table['mlb'].has_scales and table['mlb'].unimodal_heads == 'trained' and table['mlb'].max_modalities is None

@@ -21,6 +21,7 @@ FUSION_KEYS = {
     'mmcosine': {'kernel_audio', 'kernel_video'},
     'film': {'film', 'out'},
     'gated': {'gate', 'value', 'out'},
+    'mmtm': {'squeeze', 'excite_audio', 'excite_video', 'classifier_audio', 'classifier_video'},
     'transformer': {'token_audio', 'token_video', 'proj_audio', 'proj_video', 'cls_token',
                     'conformer', 'out'},
 }
@@ -80,7 +81,7 @@ def test_fusion_shapes_keys_and_gradients_reach_every_encoder(fusion):
   grads, out = jax.jit(jax.grad(fused_loss, has_aux=True))(variables['params'])
   assert {k: v.shape for k, v in out.logits.items()} == {'fused': (B, C), 'audio': (B, C), 'video': (B, C)}
   assert {k: v.shape for k, v in out.features.items()} == {'audio': (B, 12), 'video': (B, 12)}
-  assert (out.contributions is not None) == (fusion in ('late_linear', 'mmcosine'))
+  assert (out.contributions is not None) == (fusion in ('late_linear', 'mmcosine', 'mmtm'))
   # CE(fused) alone reaches every parameter of both encoders (heads get none).
   # The transformer fusion reads the un-pooled tokens, so the small encoders'
   # projection of the pooled vector ('Dense_0') only serves the unimodal heads.

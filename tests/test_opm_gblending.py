@@ -301,7 +301,7 @@ class FakeContext:
   def __call__(self, epoch):
     self.epoch = epoch
     return EpochContext(epoch=epoch, step=epoch * 4, steps_per_epoch=4, num_classes=8, seed=0,
-                        evaluate=self.evaluate, encode=None)
+                        evaluate=self.evaluate, encode=None, held_out=None, model=None)
 
   def evaluate(self, state, split, heads):
     if split == 'test':

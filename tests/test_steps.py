@@ -229,6 +229,14 @@ def test_batch_norm_statistics_update_in_training_only():
   changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
                          new.batch_stats, state.batch_stats)
   assert all(jax.tree.leaves(changed))
+  # inference mode neither updates the statistics (even when the collection is mutable) nor reads the batch's
+  batch = make_batch()
+  variables = {'params': new.params, 'batch_stats': new.batch_stats}
+  _, updated = model.apply(variables, batch, train=False, mutable=['batch_stats'])
+  jax.tree.map(np.testing.assert_array_equal, updated['batch_stats'], new.batch_stats)
+  one = model.apply(variables, {k: v[:1] for k, v in batch.items()}, train=False).logits['fused']
+  full = model.apply(variables, batch, train=False).logits['fused']
+  np.testing.assert_allclose(np.asarray(one), np.asarray(full)[:1], rtol=1e-5, atol=1e-5)
   eval_step = jax.jit(functools.partial(steps.eval_step, model=model))
   logits = eval_step(new, make_batch())
   # late_linear decomposes per modality, so eval also returns each modality's share

@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.encoder = 'auto'          # default encoder: auto (by input rank) | mlp | conv | frames | resnet18 | conformer
   c.model.encoders = ml_collections.ConfigDict()  # per-modality override, e.g. {'video': 'frames'}
   c.model.fusion = 'auto'           # auto (the method's own fusion, else late_linear) | late_linear | mid_mlp
-                                    # | mmcosine | film | gated | transformer
+                                    # | mmcosine | film | gated | transformer | mmtm
   c.model.features = 128            # output width D of the mlp, conv and frames encoders
   c.model.kernels = 'auto'          # auto: the CPU formulations of models/cpu_kernels.py and XLA:CPU options
                                     # on a CPU backend, plain XLA ops elsewhere | plain | cpu
@@ -68,6 +68,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.mid_mlp.dropout = 0.1     # (authors: 0.1)
   c.model.mmcosine = ml_collections.ConfigDict()
   c.model.mmcosine.scale = 10.0     # logit scale s (authors: 10)
+  c.model.mmtm = ml_collections.ConfigDict()
+  c.model.mmtm.ratio = 4            # squeeze width int(2 * sum_m D_m / ratio) (Greedy's original: 4)
   c.model.transformer = ml_collections.ConfigDict()
   c.model.transformer.dim = 512     # token width, Conformer blocks over [CLS, tokens of every modality]
   c.model.transformer.layers = 2    # (authors: 2)
@@ -124,6 +126,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.balancing.cml.start_epoch = 0     # removal terms for epochs start_epoch <= e <= end_epoch
   c.balancing.cml.end_epoch = 1500    # always on
   c.balancing.cml.order_seed = 0      # key of the per-epoch removal order (fold_in(key, epoch))
+  c.balancing.umt = ml_collections.ConfigDict()
+  c.balancing.umt.lam = 10.0          # weight of the feature MSE to the teachers (BalanceBenchmark's scaling: 10)
+  c.balancing.umt.teacher_epochs = 30  # length of each unimodal teacher run (BalanceBenchmark: 30)
+  c.balancing.umt.start_epoch = 0     # distillation for epochs start_epoch <= e <= end_epoch
+  c.balancing.umt.end_epoch = 1500    # always on (BalanceBenchmark: 0-80)
   c.balancing.opm = ml_collections.ConfigDict()
   c.balancing.opm.q_base = 0.5        # base drop probability (authors' train_opm.sh: 0.5; their config and BalanceBenchmark: 0.4)
   c.balancing.opm.lam = 0.5           # lambda: growth of q with the score lead (BalanceBenchmark's alpha)
@@ -131,6 +138,25 @@ def get_config() -> ml_collections.ConfigDict:
   c.balancing.opm.warmup_epochs = 5   # no drop for epochs e <= warmup_epochs (authors: 5; -1: from epoch 0, BalanceBenchmark)
   c.balancing.gblending = ml_collections.ConfigDict()
   c.balancing.gblending.super_epoch = 10  # epochs per weight window (BalanceBenchmark: 10)
+  c.balancing.lfm = ml_collections.ConfigDict()
+  c.balancing.lfm.schedule = 'learnable'  # learnable (the authors' per-epoch hypergradient step on k1) | fitted
+                                          # (their polynomial k0 of the epoch, k1 = 1 - k0)
+  c.balancing.lfm.lr_alpha = 1e-4         # eta, the step of the k1 update (authors and BalanceBenchmark: 1e-4)
+  c.balancing.lfm.halve_every = 20        # eta halves at epochs e > 0 with e % halve_every == 0 (authors: 20)
+  c.balancing.lfm.held_out_samples = 8    # first validation samples of the k1 update (authors: 8 of 16 held-out
+                                          # training samples; BalanceBenchmark: 8 of its first test batch)
+  c.balancing.lfm.initial_k1 = 0.95       # initial alignment weight, k0 = 1 - k1 (authors: 0.95; BalanceBenchmark: 0.05)
+  c.balancing.lfm.held_out_mode = 'authors'  # authors (batch statistics at epoch 0, inference mode after, as their
+                                             # model is left by validation) | train (batch statistics every epoch)
+  c.balancing.greedy = ml_collections.ConfigDict()
+  c.balancing.greedy.eps = 0.01       # curation starts when |BDR_0 - BDR_1| > eps (original: 0.01; BalanceBenchmark: 0.001)
+  c.balancing.greedy.window = 5       # W: curation steps (original and BalanceBenchmark: 5)
+  c.balancing.greedy.starting_epoch = 1  # 0-based epoch from which curation is possible, BDR accumulated before
+                                         # (original: its gin value 2 counts epochs from 1; 0: BalanceBenchmark)
+  c.balancing.greedy.loss = 'branches'  # branches: sum_m CE of each modality's classifier (original) | fused: CE of
+                                        # the fused logits (BalanceBenchmark)
+  c.balancing.greedy.main_classifier = True  # modality m's classifier counts in its main branch (original: it is
+                                             # part of the branch network) | False: the encoder only
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adam'           # adam | sgd, both with coupled L2 weight decay

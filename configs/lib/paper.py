@@ -59,4 +59,5 @@ def smoke(c: ml_collections.ConfigDict, *, num_classes: int, frames: int) -> ml_
   c.train.num_steps = 2
   c.train.eval_every = 2
   c.train.log_every = 1
+  c.balancing.umt.teacher_epochs = 1   # UMT's teacher runs: one epoch each
   return c

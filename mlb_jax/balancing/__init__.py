@@ -10,6 +10,8 @@ section, its tests and its row in docs/methods.md.
 from mlb_jax.balancing.agm import make_agm
 from mlb_jax.balancing.cml import make_cml
 from mlb_jax.balancing.gblending import make_gblending
+from mlb_jax.balancing.greedy import make_greedy
+from mlb_jax.balancing.lfm import make_lfm
 from mlb_jax.balancing.mbsd import make_mbsd
 from mlb_jax.balancing.method import (EpochContext, GradInputs, LossInputs, Method, MethodContext,
                                       StepInputs, multiloss_objectives)
@@ -22,6 +24,7 @@ from mlb_jax.balancing.ogm import make_ogm, make_ogm_ge, ogm_coefficients
 from mlb_jax.balancing.opm import make_opm
 from mlb_jax.balancing.pmr import make_pmr
 from mlb_jax.balancing.scores import SCORES, correct_count, modality_scores, true_class_probability
+from mlb_jax.balancing.umt import make_umt
 from mlb_jax.balancing.unbalanced import make_joint, make_multiloss
 
 # Fusions whose logits are a sum of per-modality terms (`ModelOutput.contributions`).
@@ -43,6 +46,9 @@ METHODS = {
     'cml': make_cml,              # no confidence rise when modalities are removed
     'opm': make_opm,              # random drop of the leading modality's features, re-fused
     'gblending': make_gblending,  # Eq. 3 with head weights from train/val loss changes per super-epoch
+    'greedy': make_greedy,        # MMTM fusion; curation of the gate of the modality learning faster via the bypass
+    'lfm': make_lfm,              # 2 [k0 CE(mean contributions) + k1 alignment], k learned per epoch
+    'umt': make_umt,              # feature distillation from unimodal teachers trained first
 }
 
 

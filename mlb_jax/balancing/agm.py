@@ -166,6 +166,6 @@ def make_agm(modalities: tuple[str, ...], cfg, ctx) -> Method:
     grads, metrics = agm_clip(grads, probe_heads=modalities)
     return grads, state, metrics
 
-  return Method('agm', init_state=lambda params: AGMState(jnp.zeros((2,), jnp.float32)), loss=loss,
+  return Method('agm', init_state=lambda variables: AGMState(jnp.zeros((2,), jnp.float32)), loss=loss,
                 gradients=gradients if clip else None, unimodal_heads='probe', fusions=AGM_FUSIONS,
                 max_modalities=2)

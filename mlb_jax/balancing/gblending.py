@@ -94,8 +94,8 @@ def make_gblending(modalities: tuple[str, ...], cfg, ctx: MethodContext) -> Meth
   heads = (FUSED, *modalities)
   count = len(heads)
 
-  def init_state(params):
-    del params
+  def init_state(variables):
+    del variables
     return GBlendingState(jnp.full((count,), 1.0 / count, jnp.float32), jnp.zeros((2, count), jnp.float32),
                           jnp.zeros((), bool), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 

@@ -5,9 +5,10 @@ declarations. Its state lives in `TrainState.method_state` (checkpointed, so a
 resumed run continues exactly). The train step (`mlb_jax.steps.train_step`)
 runs, in order:
 
-1. the train-mode forward pass, then `loss(LossInputs, state)` inside the
-   differentiated function: named objectives whose sum is the loss (default:
-   the multi-loss of Eq. 3, `multiloss_objectives`);
+1. the train-mode forward pass (with the extra arguments `model_args(state)`
+   when given), then `loss(LossInputs, state)` inside the differentiated
+   function: named objectives whose sum is the loss (default: the multi-loss of
+   Eq. 3, `multiloss_objectives`);
 2. one gradient of the sum (or, with `combine`, one per objective, combined by
    the method), then `gradients(grads, GradInputs, state)` on the raw
    gradients (e.g. AGM's conditional clip);
@@ -86,6 +87,10 @@ class EpochContext(NamedTuple):
     encode: `(state, num_batches, seed) -> iterator of (features {m: [B, D]}, labels [B])`:
       inference-mode features of `num_batches` training batches in the order of
       a shuffle drawn from `seed` (with training augmentation).
+    held_out: `num_samples -> {modality: [n, ...], 'label': int32 [n]}`: the first
+      `num_samples` samples of the validation split in stored order (the same
+      samples every epoch), for a hook that computes with the model itself.
+    model: the `MultimodalClassifier` (for `model.apply` in such a hook).
   """
   epoch: int
   step: int
@@ -94,6 +99,8 @@ class EpochContext(NamedTuple):
   seed: int
   evaluate: Callable[..., dict]
   encode: Callable[..., Iterator]
+  held_out: Callable[[int], dict]
+  model: Any
 
 
 class Method(NamedTuple):
@@ -101,18 +108,30 @@ class Method(NamedTuple):
 
   Attributes:
     name: the config name (`config.method`).
-    init_state: `params -> state`, the method's pytree (`()` when it keeps none).
+    init_state: `variables -> state`, the method's pytree (`()` when it keeps none),
+      from the model's initial variables {'params', 'batch_stats'}.
     loss: `(LossInputs, state) -> (objectives, state, metrics)`; objectives is
       {name: float32 []} whose sum is differentiated; default Eq. 3.
     combine: `({objective: grads}, GradInputs, state) -> (grads, state, metrics)`:
-      when given, the step takes one gradient per objective (one batched
-      backward pass) and the method combines them (e.g. MMPareto); when absent,
-      one gradient of the sum.
+      when given, the step takes one gradient per objective (one forward pass,
+      one backward pass per objective) and the method combines them (e.g.
+      MMPareto); when absent, one gradient of the sum.
     gradients: `(grads, GradInputs, state) -> (grads, state, metrics)` on the
       raw gradients, before the optimizer.
     scales: `(StepInputs, state) -> ({label: float32 []}, state, metrics)`.
     optimizer_args: `(StepInputs, state) -> dict` of extra `tx.update` arguments.
     epoch_update: `(EpochContext, TrainState) -> TrainState`, host side.
+    prerequisites: `config -> {name: config}`: runs that must finish before this
+      one starts (e.g. UMT's unimodal teachers). The loop trains each in
+      `<workdir>/prerequisites/<name>/` as an ordinary run (resumable, its best
+      checkpoint chosen on validation) and hands their best states to `adopt`.
+    adopt: `(TrainState, {name: TrainState}) -> TrainState`, host side: the
+      initial state given the prerequisites' best states; it may only fill
+      values into the structure `init_state` made (checkpoints restore into it).
+    model_args: `method_state -> dict` of extra keyword arguments of the train-mode
+      forward pass (`MultimodalClassifier.__call__` passes them to the fusion), from
+      the state before this step's update (e.g. Greedy's `curate`); arrays, so one
+      compiled step serves every value. Evaluation forwards never get them.
     unimodal_heads: 'trained' (their losses train the encoders) or 'probe'
       (stop-gradient on the encoder features: they train the head only, so
       unimodal accuracy is measured on equal terms for every method).
@@ -126,13 +145,16 @@ class Method(NamedTuple):
     min_modalities, max_modalities: the modality counts it is defined for.
   """
   name: str
-  init_state: Callable[[Any], Any] = lambda params: ()
+  init_state: Callable[[Any], Any] = lambda variables: ()
   loss: Optional[Callable] = None
   combine: Optional[Callable] = None
   gradients: Optional[Callable] = None
   scales: Optional[Callable] = None
   optimizer_args: Optional[Callable] = None
   epoch_update: Optional[Callable] = None
+  prerequisites: Optional[Callable] = None
+  adopt: Optional[Callable] = None
+  model_args: Optional[Callable] = None
   unimodal_heads: str = 'trained'
   unimodal_source: str = 'heads'
   fusion: Optional[str] = None

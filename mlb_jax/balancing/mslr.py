@@ -64,8 +64,8 @@ def make_mslr(modalities: tuple[str, ...], cfg, ctx) -> Method:
   m_count = len(modalities)
   heads = [f'contribution_{m}' for m in modalities]
 
-  def init_state(params):
-    del params
+  def init_state(variables):
+    del variables
     return MSLRState(jnp.zeros((keep_epochs, m_count), jnp.float32), jnp.zeros((), jnp.int32),
                      jnp.ones((m_count,), jnp.float32))
 

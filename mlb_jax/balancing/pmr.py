@@ -101,8 +101,8 @@ def make_pmr(modalities: tuple[str, ...], cfg, ctx: MethodContext) -> Method:
     raise ValueError(f'PMR needs equal feature widths across modalities, got {ctx.feature_dims}')
   dim = dims.pop()
 
-  def init_state(params):
-    del params
+  def init_state(variables):
+    del variables
     return PMRState(jnp.zeros((2, num_classes, dim), jnp.float32), jnp.zeros((2, num_classes), bool),
                     jnp.zeros((), jnp.int32))
 

@@ -31,7 +31,7 @@ from mlb_jax.models.cpu_kernels import CPU_OPS
 from mlb_jax.models.encoders import (ConvEncoder, FramesEncoder, MLPEncoder,
                                      auto_encoder_name)
 from mlb_jax.models.fusion import (FiLMFusion, GatedFusion, LateLinearFusion, MidMLPFusion,
-                                   MMCosineFusion, TransformerFusion)
+                                   MMCosineFusion, MMTMFusion, TransformerFusion)
 from mlb_jax.models.multimodal import MASK_SUFFIX, ModelOutput, MultimodalClassifier
 from mlb_jax.models.ops import PLAIN_OPS, Ops
 from mlb_jax.models.resnet import ResNet18Encoder
@@ -97,6 +97,8 @@ FUSIONS = {
         FiLMFusion, modalities=tuple(modalities), num_classes=num_classes, dtype=dtype),
     'gated': lambda cfg, modalities, num_classes, dtype: functools.partial(
         GatedFusion, modalities=tuple(modalities), num_classes=num_classes, dtype=dtype),
+    'mmtm': lambda cfg, modalities, num_classes, dtype: functools.partial(
+        MMTMFusion, modalities=tuple(modalities), num_classes=num_classes, ratio=cfg.mmtm.ratio, dtype=dtype),
     'transformer': lambda cfg, modalities, num_classes, dtype: functools.partial(
         TransformerFusion, modalities=tuple(modalities), num_classes=num_classes,
         dim=cfg.transformer.dim, layers=cfg.transformer.layers, heads=cfg.transformer.heads,

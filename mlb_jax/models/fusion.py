@@ -6,7 +6,9 @@ of per-modality terms also has `contributions(features) -> {m: [B, C]}`
 
 The paper's heads (docs/methods.md, fusion heads): Late-Linear, Mid-MLP, FiLM, Gated and the
 Transformer fusion, which reads the encoders' un-pooled token sequences
-(`uses_tokens = True`); MMCosine belongs to its balancing method (docs/methods.md, MMCosine).
+(`uses_tokens = True`); MMCosine belongs to its balancing method (docs/methods.md, MMCosine),
+MMTM to Greedy's (docs/methods.md, Greedy). A head with `uses_train = True` (MMTM, which
+keeps running gate means in `batch_stats`) also receives `train` in `contributions`.
 
 Every head computes in its `dtype` (`config.dtype`) with float32 parameters;
 `MultimodalClassifier` casts the logits to float32.
@@ -166,6 +168,78 @@ class GatedFusion(nn.Module):
     gate = jax.nn.sigmoid(_torch_dense(d, gate_in.shape[-1], 'gate', self.dtype)(gate_in))
     value = _torch_dense(d, d, 'value', self.dtype)(rest)
     return _torch_dense(self.num_classes, d, 'out', self.dtype)(gate * value)
+
+
+def running_mean(mean: jax.Array, count: jax.Array, batch_mean: jax.Array) -> jax.Array:
+  """The cumulative mean after one more forward pass: (batch_mean + count * mean) / (count + 1)."""
+  count = count.astype(jnp.float32)
+  return (batch_mean.astype(jnp.float32) + count * mean) / (count + 1.0)
+
+
+class MMTMFusion(nn.Module):
+  """MMTM (Joze et al., CVPR 2020) as Greedy's balanced block (Wu et al., ICML 2022;
+  docs/methods.md, Greedy), on the pooled features, then one linear classifier per modality.
+
+      s   = relu(Linear(concat_m f_m))            (width int(2 sum_m D_m / ratio))
+      g_m = sigmoid(Linear_m(s))                  (width D_m; 'excite_<m>')
+      x_m = Linear_m(f_m * g_m)                   ('classifier_<m>', D_m -> C)
+      z   = (1/M) sum_m x_m                       contributions z_m = x_m / M
+
+  The fused logits are the mean of the per-modality classifiers, as Greedy's
+  `(x_0 + x_1) / 2`. One block on the pooled features: the original places one
+  after ResNet stages 2-4 (BalanceBenchmark: 1-4), squeezing the feature maps by
+  their spatial mean, which needs a joint encoder; ours are independent modules.
+
+  Running-mean gates: `batch_stats` holds, per modality, the cumulative mean of
+  the batch-mean gate over the train-mode forward passes so far ('gate_mean_<m>')
+  and their count ('gate_count'). It is updated when `train` is True and the
+  collection is mutable (the train step's forward; a re-fusion inside a loss leaves
+  it), the current batch included before it is used, as the original; the original
+  also updates it during evaluation forwards.
+
+  `curate` (float or bool [M], None: none): where curate[m] is set, modality m's gate
+  is replaced by its running mean for every sample (`jnp.where`, so one compiled
+  step serves curation on and off).
+
+  Attributes: modalities; num_classes; ratio: squeeze reduction (the original: 4);
+  dtype: compute dtype (the running means are float32).
+  """
+  modalities: Sequence[str]
+  num_classes: int
+  ratio: int = 4
+  dtype: Any = jnp.float32
+
+  uses_train = True  # MultimodalClassifier also passes `train` to `contributions`
+
+  @nn.compact
+  def contributions(self, features: Mapping[str, jax.Array], *, train: bool = False,
+                    curate: Optional[jax.Array] = None) -> dict[str, jax.Array]:
+    feats = [features[m].astype(self.dtype) for m in self.modalities]
+    dims = [f.shape[-1] for f in feats]
+    total = sum(dims)
+    hidden = int(2 * total / self.ratio)
+    if hidden < 1:
+      raise ValueError(f'model.mmtm.ratio {self.ratio} leaves no squeeze unit for {total} features '
+                       f'(int(2 * {total} / ratio) = {hidden})')
+    squeeze = nn.relu(_torch_dense(hidden, total, 'squeeze', self.dtype)(jnp.concatenate(feats, axis=-1)))
+    count = self.variable('batch_stats', 'gate_count', lambda: jnp.zeros((), jnp.int32))
+    update = train and self.is_mutable_collection('batch_stats') and not self.is_initializing()
+    out = {}
+    for i, (m, f, d) in enumerate(zip(self.modalities, feats, dims)):
+      gate = jax.nn.sigmoid(_torch_dense(d, hidden, f'excite_{m}', self.dtype)(squeeze))
+      mean = self.variable('batch_stats', f'gate_mean_{m}', lambda d=d: jnp.zeros((d,), jnp.float32))
+      if update:
+        mean.value = running_mean(mean.value, count.value, jnp.mean(jax.lax.stop_gradient(gate), axis=0))
+      if curate is not None:
+        replace = jnp.asarray(curate)[i].astype(bool)
+        gate = jnp.where(replace, jnp.broadcast_to(mean.value.astype(gate.dtype), gate.shape), gate)
+      out[m] = _torch_dense(self.num_classes, d, f'classifier_{m}', self.dtype)(f * gate) / len(self.modalities)
+    if update:
+      count.value = count.value + 1
+    return out
+
+  def __call__(self, features: Mapping[str, jax.Array], *, train: bool, curate: Optional[jax.Array] = None):
+    return sum(self.contributions(features, train=train, curate=curate).values())
 
 
 class TransformerFusion(nn.Module):

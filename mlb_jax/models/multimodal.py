@@ -10,11 +10,14 @@ Besides `__call__`, the pieces are exposed for methods that need them
 modalities), `heads` and `fuse`. AGM, for instance, re-encodes a zeroed
 modality in inference mode and fuses it with the other's training features.
 
-Two optional inputs reach the encoders and the fusion:
+Optional inputs reach the encoders and the fusion:
   * a padding mask `batch['<modality>_mask']` (bool [B, T], True = real frame)
     is passed to that modality's encoder as `mask=` (frame-feature encoders);
   * a fusion with `uses_tokens = True` (Transformer fusion) also receives the
-    encoders' un-pooled token sequences {m: [B, N_m, D_m]} and their masks.
+    encoders' un-pooled token sequences {m: [B, N_m, D_m]} and their masks;
+  * a fusion with `uses_train = True` (MMTM) also receives `train` in `contributions`;
+  * extra keyword arguments of `__call__` and `fuse` (a method's `model_args`,
+    e.g. Greedy's `curate`) are passed on to the fusion.
 
 Mixed precision: encoders, heads and fusion compute in their `dtype`
 (`config.dtype`), but what leaves the classifier — pooled features, every
@@ -37,7 +40,7 @@ class ModelOutput(NamedTuple):
   logits: dict[str, jax.Array]    # {'fused': [B, C], <modality>: [B, C]}
   features: dict[str, jax.Array]  # {<modality>: [B, D_i]} pooled encoder outputs
   # {<modality>: [B, C]} the modality's additive share of the fused logits, for
-  # fusions whose logits decompose per modality (late_linear, mmcosine); else None.
+  # fusions whose logits decompose per modality (late_linear, mmcosine, mmtm); else None.
   contributions: Optional[dict[str, jax.Array]]
 
 
@@ -116,19 +119,22 @@ class MultimodalClassifier(nn.Module):
 
   def fuse(self, features: Mapping[str, jax.Array], *, train: bool,
            tokens: Optional[Mapping[str, jax.Array]] = None,
-           token_masks: Optional[Mapping[str, jax.Array]] = None) -> jax.Array:
+           token_masks: Optional[Mapping[str, jax.Array]] = None, **fusion_args) -> jax.Array:
     """Fused logits float32 [B, C]; `tokens`/`token_masks` (from `encode_tokens`) are
-    required by, and only passed to, a fusion with `uses_tokens`."""
+    required by, and only passed to, a fusion with `uses_tokens`; `fusion_args` go to the fusion."""
     if getattr(self.fusion_head, 'uses_tokens', False):
-      return _float32(self.fusion_head(features, train=train, tokens=tokens, token_masks=token_masks))
-    return _float32(self.fusion_head(features, train=train))
+      return _float32(self.fusion_head(features, train=train, tokens=tokens, token_masks=token_masks,
+                                       **fusion_args))
+    return _float32(self.fusion_head(features, train=train, **fusion_args))
 
   def __call__(self, batch: Mapping[str, Any], *, train: bool,
-               detach_unimodal: bool = False) -> ModelOutput:
+               detach_unimodal: bool = False, **fusion_args) -> ModelOutput:
     """Args:
       batch: {modality: [B, ...]} (other keys are ignored).
       train: BatchNorm batch statistics and dropout when True.
       detach_unimodal: unimodal heads see stop_gradient(features) (probes).
+      **fusion_args: extra keyword arguments of the fusion (a method's `model_args`,
+        e.g. MMTM's `curate`); a fusion that does not take them raises TypeError.
     """
     tokens = token_masks = None
     if getattr(self.fusion_head, 'uses_tokens', False):
@@ -138,10 +144,12 @@ class MultimodalClassifier(nn.Module):
     logits = self.heads(features, detach=detach_unimodal)
     contributions = None
     if hasattr(self.fusion_head, 'contributions'):
-      contributions = {m: _float32(z) for m, z in self.fusion_head.contributions(features).items()}
+      if getattr(self.fusion_head, 'uses_train', False):
+        fusion_args = {'train': train, **fusion_args}
+      contributions = {m: _float32(z) for m, z in self.fusion_head.contributions(features, **fusion_args).items()}
       logits[FUSED] = sum(contributions[m] for m in self.modalities)
     else:
-      logits[FUSED] = self.fuse(features, train=train, tokens=tokens, token_masks=token_masks)
+      logits[FUSED] = self.fuse(features, train=train, tokens=tokens, token_masks=token_masks, **fusion_args)
     return ModelOutput(logits, features, contributions)
 
 
