@@ -145,7 +145,7 @@ def check_replicas(exps: Sequence[Experiment]) -> None:
 
 
 def evaluate_split(eval_step, state: TrainState, source, *, batch_size: int, heads, ece_bins: int):
-  """{head: {'accuracy', 'ece', 'loss'}} over a whole split, plus the raw arrays."""
+  """{head: {'accuracy', 'ece', 'loss', 'macro_f1'}} over a whole split, plus the raw arrays."""
   logits = {h: [] for h in heads}
   labels = []
   for batch in common.eval_batches(source, batch_size=batch_size):

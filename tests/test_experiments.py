@@ -21,7 +21,7 @@ N_TEST = 20
 def results_json(config, test_acc, val_acc=None, best_step=10):
   """A results.json payload as `loop.write_results` writes it, from accuracies per head."""
   def head(accuracy):
-    return {'accuracy': accuracy, 'ece': 0.05, 'loss': 1.0}
+    return {'accuracy': accuracy, 'ece': 0.05, 'loss': 1.0, 'macro_f1': accuracy - 0.1}
 
   payload = {'method': config.method, 'best_step': best_step,
              'test': {h: head(a) for h, a in test_acc.items()},
@@ -118,13 +118,32 @@ def test_aggregator_on_fixed_files(fixed_experiment):
   assert joint['test']['fused']['accuracy']['std'] == pytest.approx(0.0326599, abs=1e-6)
   assert joint['test']['audio']['accuracy']['std'] == 0.0
   assert joint['val']['fused']['accuracy']['mean'] == pytest.approx(0.75)
+  assert joint['test']['fused']['macro_f1']['mean'] == pytest.approx(0.64)
+  assert set(joint['test']['fused']) == {'accuracy', 'ece', 'loss', 'macro_f1'}
   assert summary['audio_alone']['heads'] == ['audio']  # loss.fused = 0 and video weight 0
   table = aggregate.markdown_table(summary)
-  assert '| joint | 3 | 74.00 ± 3.27 | 50.00 ± 0.00 | 40.00 ± 8.16 | 5.00 ± 0.00 | 75.00 ± 3.27 (fused) |' in table
-  assert '| audio_alone | 1 | — | 60.00 ± 0.00 | — | — | 62.00 ± 0.00 (audio) |' in table
+  assert ('| variant | runs | test acc fused | test acc audio | test acc video | test ECE fused | '
+          'test macro-F1 fused | val acc (selected head) |') in table
+  assert ('| joint | 3 | 74.00 ± 3.27 | 50.00 ± 0.00 | 40.00 ± 8.16 | 5.00 ± 0.00 | 64.00 ± 3.27 | '
+          '75.00 ± 3.27 (fused) |') in table
+  assert '| audio_alone | 1 | — | 60.00 ± 0.00 | — | — | — | 62.00 ± 0.00 (audio) |' in table
   assert 'population standard deviation (ddof = 0)' in table
   sample = aggregate.markdown_table(aggregate.summarize_experiment(collected, 'sample'), 'sample')
-  assert '| joint | 3 | 74.00 ± 4.00 |' in sample and '| audio_alone | 1 | — | 60.00 | — | — | 62.00 (audio) |' in sample
+  assert '| joint | 3 | 74.00 ± 4.00 |' in sample and '| audio_alone | 1 | — | 60.00 | — | — | — | 62.00 (audio) |' in sample
+
+
+def test_aggregator_reads_results_without_macro_f1(fixed_experiment):
+  # results.json written before macro_f1 existed: the other metrics are summarized, its cell is '—'
+  for path in glob.glob(str(fixed_experiment / '*' / '*' / 'results.json')):
+    payload = json.load(open(path))
+    for split in ('test', 'val'):
+      for d in payload[split].values():
+        del d['macro_f1']
+    write_json(path, payload)
+  summary = aggregate.summarize_experiment(aggregate.collect(str(fixed_experiment)))
+  assert set(summary['joint']['test']['fused']) == {'accuracy', 'ece', 'loss'}
+  table = aggregate.markdown_table(summary)
+  assert '| joint | 3 | 74.00 ± 3.27 | 50.00 ± 0.00 | 40.00 ± 8.16 | 5.00 ± 0.00 | — | 75.00 ± 3.27 (fused) |' in table
 
 
 def test_collect_follows_experiment_json_and_reports_bad_files(fixed_experiment):

@@ -56,6 +56,7 @@ def check_results(results, modalities):
   assert set(results['test']) == {'fused', *modalities}
   for head in results['test'].values():
     assert 0.0 <= head['accuracy'] <= 1.0
+    assert 0.0 <= head['macro_f1'] <= 1.0
   assert 0.0 <= results['test']['fused']['ece'] <= 1.0
 
 

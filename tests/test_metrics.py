@@ -1,9 +1,26 @@
-"""Accuracy and ECE (15 equal-width bins over max-softmax confidence, L1, bins (lo, hi])."""
+"""Accuracy, ECE (15 equal-width bins over max-softmax confidence, L1, bins (lo, hi]) and macro-F1
+(mean over the classes in the labels or the predictions)."""
+
+import warnings
 
 import numpy as np
 import pytest
 
-from mlb_jax.metrics import accuracy, cross_entropy, expected_calibration_error, head_metrics
+from mlb_jax.metrics import accuracy, cross_entropy, expected_calibration_error, head_metrics, macro_f1
+
+
+def one_hot_logits(predictions, num_classes, seed=0):
+  """Logits [N, num_classes] whose arg-max is `predictions` (5 on the predicted class, small noise elsewhere)."""
+  rng = np.random.default_rng(seed)
+  predictions = np.asarray(predictions)
+  return 5.0 * np.eye(num_classes)[predictions] + 0.1 * rng.standard_normal((len(predictions), num_classes))
+
+
+def strict_macro_f1(*args, **kwargs):
+  """macro_f1 with every numpy floating-point issue and every warning an error."""
+  with warnings.catch_warnings(), np.errstate(all='raise'):
+    warnings.simplefilter('error')
+    return macro_f1(*args, **kwargs)
 
 
 def test_accuracy():
@@ -84,7 +101,106 @@ def test_head_metrics():
   probs = np.array([[0.8, 0.2], [0.4, 0.6], [0.7, 0.3]])
   labels = np.array([0, 0, 0])
   m = head_metrics(np.log(probs), labels)
-  assert set(m) == {'accuracy', 'ece', 'loss'}
+  assert set(m) == {'accuracy', 'ece', 'loss', 'macro_f1'}
   assert m['accuracy'] == pytest.approx(2 / 3)
+  # labels all 0, predictions [0, 1, 0]: class 0 TP 2, FN 1 -> 4/5; class 1 (predicted, never true) 0
+  assert m['macro_f1'] == pytest.approx((4 / 5 + 0.0) / 2)
+  assert isinstance(m['macro_f1'], float)
   assert m['loss'] == pytest.approx(-np.mean(np.log([0.8, 0.4, 0.7])))
   assert cross_entropy(np.log(probs), labels) == pytest.approx(m['loss'])
+
+
+# ---------------------------------------------------------------- macro-F1
+
+def test_macro_f1_hand_computed_3_classes():
+  # Confusion matrix, rows true class, columns predicted class (9 samples):
+  #            pred 0  pred 1  pred 2
+  #   true 0      3       1       0
+  #   true 1      0       1       1
+  #   true 2      1       0       2
+  # F1_c = 2 TP / (2 TP + FP + FN), FP = column sum - TP, FN = row sum - TP:
+  #   class 0: TP 3, FP 1, FN 1 -> 6 / 8 = 3/4
+  #   class 1: TP 1, FP 1, FN 1 -> 2 / 4 = 1/2
+  #   class 2: TP 2, FP 1, FN 1 -> 4 / 6 = 2/3
+  #   macro = (3/4 + 1/2 + 2/3) / 3 = (9 + 6 + 8) / 36 = 23/36   (accuracy 6/9 differs)
+  labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2])
+  preds = np.array([0, 0, 0, 1, 1, 2, 2, 0, 2])
+  logits = one_hot_logits(preds, 3)
+  assert np.array_equal(logits.argmax(-1), preds)
+  f1 = strict_macro_f1(logits, labels)
+  assert isinstance(f1, float)
+  assert f1 == pytest.approx(23 / 36)
+  assert accuracy(logits, labels) == pytest.approx(6 / 9)
+  assert strict_macro_f1(logits, labels, num_classes=3) == pytest.approx(23 / 36)
+
+
+def test_macro_f1_perfect_is_one_and_all_wrong_is_zero():
+  labels = np.array([0, 1, 2, 0, 1, 2, 2])
+  assert strict_macro_f1(one_hot_logits(labels, 3), labels) == 1.0
+  # every prediction wrong: TP = 0 for every class, each class is in the labels or predictions -> F1 0
+  assert strict_macro_f1(one_hot_logits([1, 2, 0, 2, 0, 1, 0], 3), labels) == 0.0
+  # one class only, all right
+  assert strict_macro_f1(one_hot_logits([1, 1], 4), np.array([1, 1])) == 1.0
+
+
+def test_macro_f1_excludes_a_class_absent_from_labels_and_predictions():
+  # The 3-class example above with 5 logit columns: classes 3 and 4 are never true and never
+  # predicted (TP + FP + FN = 0) and are left out of the mean, so the value stays 23/36
+  # (counting them as 0 would give 23/60, as 1 would give (23/12 + 2)/5).
+  labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2])
+  preds = np.array([0, 0, 0, 1, 1, 2, 2, 0, 2])
+  f1 = strict_macro_f1(one_hot_logits(preds, 5), labels)
+  assert f1 == pytest.approx(23 / 36)
+  assert np.isfinite(f1)
+  assert strict_macro_f1(one_hot_logits(preds, 5), labels, num_classes=10) == pytest.approx(23 / 36)
+  # an absent class between present ones: labels [0, 0, 0, 2], predictions [0, 0, 2, 2]
+  #   class 0: TP 2, FN 1 -> 4/5; class 1 absent, left out; class 2: TP 1, FP 1 -> 2/3
+  #   macro = (4/5 + 2/3) / 2 = 11/15   (with class 1 as 0: 22/45)
+  assert strict_macro_f1(one_hot_logits([0, 0, 2, 2], 3), np.array([0, 0, 0, 2])) == pytest.approx(11 / 15)
+
+
+def test_macro_f1_counts_a_class_predicted_but_never_true_as_zero():
+  # labels [0, 0, 1, 1], predictions [0, 0, 1, 2]:
+  #   class 0: TP 2, FP 0, FN 0 -> 1;  class 1: TP 1, FP 0, FN 1 -> 2/3
+  #   class 2: never true, predicted once: TP 0, FP 1, FN 0 -> 0, and it counts
+  #   macro = (1 + 2/3 + 0) / 3 = 5/9   (leaving class 2 out would give 5/6)
+  labels = np.array([0, 0, 1, 1])
+  assert strict_macro_f1(one_hot_logits([0, 0, 1, 2], 4), labels) == pytest.approx(5 / 9)
+  # and a class true but never predicted: labels [0, 1], predictions [0, 0]:
+  #   class 0: TP 1, FP 1 -> 2/3; class 1: FN 1 -> 0; macro 1/3
+  assert strict_macro_f1(one_hot_logits([0, 0], 2), np.array([0, 1])) == pytest.approx(1 / 3)
+
+
+def brute_force_macro_f1(labels, preds, num_classes):
+  scores = []
+  for c in range(num_classes):
+    tp = sum(1 for y, p in zip(labels, preds) if y == c and p == c)
+    fp = sum(1 for y, p in zip(labels, preds) if y != c and p == c)
+    fn = sum(1 for y, p in zip(labels, preds) if y == c and p != c)
+    if tp + fp + fn:
+      scores.append(2 * tp / (2 * tp + fp + fn))
+  return sum(scores) / len(scores)
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_macro_f1_matches_a_per_class_loop_on_random_data(seed):
+  rng = np.random.default_rng(seed)
+  num_classes = int(rng.integers(2, 9))
+  n = int(rng.integers(1, 60))
+  # labels and predictions drawn from random subsets, so some classes are absent from one or both
+  labels = rng.choice(rng.choice(num_classes, size=int(rng.integers(1, num_classes + 1)), replace=False), size=n)
+  logits = rng.standard_normal((n, num_classes))
+  logits[:, rng.choice(num_classes, size=num_classes // 2, replace=False)] -= 10.0  # never predicted
+  preds = logits.argmax(-1)
+  assert strict_macro_f1(logits, labels) == pytest.approx(brute_force_macro_f1(labels, preds, num_classes),
+                                                          abs=1e-12)
+
+
+def test_macro_f1_empty_and_out_of_range():
+  assert np.isnan(strict_macro_f1(np.zeros((0, 3)), np.zeros((0,), np.int64)))
+  with pytest.raises(ValueError, match=r'labels hold class ids in \[0, 3\], outside \[0, 3\)'):
+    macro_f1(one_hot_logits([0, 1], 3), np.array([0, 3]))
+  with pytest.raises(ValueError, match=r'predictions hold class ids in \[0, 2\], outside \[0, 2\)'):
+    macro_f1(one_hot_logits([0, 2], 3), np.array([0, 1]), num_classes=2)
+  with pytest.raises(ValueError, match='2 predictions but 3 labels'):
+    macro_f1(one_hot_logits([0, 1], 3), np.array([0, 1, 1]))

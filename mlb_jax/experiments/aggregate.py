@@ -18,7 +18,7 @@ from mlb_jax import loop, losses
 from mlb_jax.experiments import runner
 
 STD_DDOF = {'population': 0, 'sample': 1}
-METRICS = ('accuracy', 'ece', 'loss')
+METRICS = ('accuracy', 'ece', 'loss', 'macro_f1')  # a metric some run's results.json lacks is left out
 
 
 class RunResult(NamedTuple):
@@ -118,7 +118,8 @@ def summarize(runs: Sequence[RunResult], std: str = 'population') -> dict:
   Returns:
     {'runs': [names], 'method', 'select_head', 'heads': trained heads,
      'test': {head: {metric: {'mean', 'std', 'values'}}}, 'val': same (when stored),
-     'best_step': {'mean', 'std', 'values'}}.
+     'best_step': {'mean', 'std', 'values'}}. A metric of `METRICS` is summarized where every
+    run has it (results.json written before `macro_f1` existed have not).
   """
   first = runs[0].results
   heads = [h for h in trained_heads(first) if all(h in r.results['test'] for r in runs)]
@@ -131,6 +132,8 @@ def summarize(runs: Sequence[RunResult], std: str = 'population') -> dict:
     for head in heads:
       summary[split][head] = {}
       for metric in METRICS:
+        if not all(metric in r.results[split][head] for r in runs):
+          continue
         values = [r.results[split][head][metric] for r in runs]
         m, s = mean_std(values, std)
         summary[split][head][metric] = {'mean': m, 'std': s, 'values': values}
@@ -162,18 +165,21 @@ def all_heads(summary: dict) -> list[str]:
 
 
 def markdown_table(summary: dict, std: str = 'population') -> str:
-  """Test accuracy per head, fused ECE and the selected head's val accuracy, in %, as mean ± std.
+  """Test accuracy per head, fused ECE and macro-F1 and the selected head's val accuracy, in %, as
+  mean ± std.
 
-  A '—' marks a head the variant never trained (zero loss weight).
+  A '—' marks a head the variant never trained (zero loss weight), or a metric its runs lack.
   """
   heads = all_heads(summary)
-  header = (['variant', 'runs'] + [f'test acc {h}' for h in heads] + ['test ECE fused', 'val acc (selected head)'])
+  header = (['variant', 'runs'] + [f'test acc {h}' for h in heads] + ['test ECE fused', 'test macro-F1 fused',
+                                                                     'val acc (selected head)'])
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for variant, row in summary.items():
     test = row['test']
     cells = [variant, str(len(row['runs']))]
     cells += [_cell(test[h]['accuracy']) if h in test else '—' for h in heads]
-    cells.append(_cell(test[losses.FUSED]['ece']) if losses.FUSED in test else '—')
+    fused = test.get(losses.FUSED, {})
+    cells += [_cell(fused.get('ece')), _cell(fused.get('macro_f1'))]
     val = row.get('val', {}).get(row['select_head'])
     cells.append(f"{_cell(val['accuracy'])} ({row['select_head']})" if val else '—')
     lines.append('| ' + ' | '.join(cells) + ' |')
@@ -181,7 +187,7 @@ def markdown_table(summary: dict, std: str = 'population') -> str:
   lines.append('')
   lines.append(f'Mean ± {std} standard deviation (ddof = {ddof}) over the runs, in %; test metrics of the '
                'checkpoint with the best validation accuracy of the selected head. '
-               '— : head not trained (zero loss weight).')
+               '— : head not trained (zero loss weight), or a metric its runs do not have.')
   return '\n'.join(lines)
 
 
