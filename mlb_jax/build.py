@@ -106,6 +106,10 @@ def validate(config) -> None:
       raise ValueError(f'config.{key} must be a positive integer, got {value!r}')
   if config.train.checkpoint_every_steps < 0:
     raise ValueError(f'config.train.checkpoint_every_steps must be >= 0, got {config.train.checkpoint_every_steps}')
+  for key in ('eval_every_epochs', 'patience'):  # 0 turns either off
+    value = config.train[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ValueError(f'config.train.{key} must be an integer >= 0 (0: off), got {value!r}')
   if config.model.fusion != 'auto' and config.model.fusion not in models.FUSIONS:
     raise ValueError(f"unknown model.fusion '{config.model.fusion}'; expected 'auto' or one of {sorted(models.FUSIONS)}")
   models.compute_dtype(config.dtype)

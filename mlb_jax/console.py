@@ -65,6 +65,12 @@ def val_line(step: int, val: dict, best: dict) -> str:
   return f"step {step}  val accuracy {accs}  (best {best['accuracy']:.4f} at step {best['step']})"
 
 
+def stopped_line(step: int, patience: int, head: str, best: dict) -> str:
+  """An early stop (`train.patience`) of one run, as printed."""
+  return (f"stopped early at step {step}: {patience} validations without a better {head} val accuracy than "
+          f"{best['accuracy']:.4f} (step {best['step']})")
+
+
 class Console:
   """Prints the loop's progress events (see the module docstring).
 
@@ -132,14 +138,22 @@ class Console:
                                   + (f' ETA {duration(eta)}' if eta is not None else ''))
         self._bar.refresh()
         return
-      several = len(event['runs']) > 1
+      several = event.get('group_size', len(event['runs'])) > 1
       for run, means in zip(event['runs'], event['means']):
         self.print(prefix + (f'{run}: ' if several else '') +
                    train_line(event['step'], event['total'], means, event['steps_per_sec'], eta))
     elif kind == 'val':
-      several = len(event['runs']) > 1
+      several = event.get('group_size', len(event['runs'])) > 1
       for run, val, best in zip(event['runs'], event['val'], event['best']):
         self.print(prefix + (f'{run}: ' if several else '') + val_line(event['step'], val, best))
       if event['step'] == event['total'] and self._bar is not None:
+        self._bar.close()
+        self._bar = None
+    elif kind == 'stopped':
+      several = event.get('group_size', len(event['runs'])) > 1
+      for run, best in zip(event['runs'], event['best']):
+        self.print(prefix + (f'{run}: ' if several else '') +
+                   stopped_line(event['step'], event['patience'], event['head'], best))
+      if event['remaining'] == 0 and self._bar is not None:
         self._bar.close()
         self._bar = None

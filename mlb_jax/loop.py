@@ -17,6 +17,7 @@ math lives in pure functions (`balancing`, `losses`, `optim`, `steps`).
 """
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -43,6 +44,8 @@ PROFILE = 'profile'  # profiler traces of config.profile_steps
 PREREQUISITES = 'prerequisites'  # <workdir>/prerequisites/<name>/: the method's prerequisite runs
 SPLITS = ('train', 'val', 'test')
 MAY_DIFFER = ('seed', 'num_seeds', 'data')  # config fields the runs of one vmapped step may set differently
+SINCE_BEST = 'validations_since_best'  # checkpoint metadata: validations without improvement (train.patience)
+STOPPED_EARLY = 'stopped_early'  # checkpoint metadata and results.json: {'step', 'patience'} of an early stop
 
 
 class Preempted(Exception):
@@ -236,14 +239,18 @@ def results_name(split: str) -> str:
 
 
 def write_results(workdir: str, config, best_step: int, evaluated: dict, val: dict | None, *,
-                  split: str = 'test', checkpoint: str | None = None, trained_with: dict | None = None) -> dict:
+                  split: str = 'test', checkpoint: str | None = None, trained_with: dict | None = None,
+                  stopped_early: dict | None = None) -> dict:
   """The results payload ({split: metrics of every head}); process 0 writes it to `results_name(split)`.
 
   `trained_with`: the config stored with the evaluated checkpoint, when it differs from `config` in
-  fields evaluation may change (data, schedule).
+  fields evaluation may change (data, schedule). `stopped_early`: {'step', 'patience'} when training
+  stopped early (`train.patience`).
   """
-  payload = {'method': config.method, 'best_step': int(best_step), split: evaluated,
-             'config': config.to_dict()}
+  payload = {'method': config.method, 'best_step': int(best_step)}
+  if stopped_early is not None:
+    payload[STOPPED_EARLY] = {'step': int(stopped_early['step']), 'patience': int(stopped_early['patience'])}
+  payload.update({split: evaluated, 'config': config.to_dict()})
   if trained_with is not None:
     payload['trained_with'] = trained_with
   if val is not None:
@@ -272,15 +279,65 @@ def metric_writer(workdir: str, config, *, start: int) -> summary.SummaryWriter:
   return writer
 
 
-def step_schedule(cfg, step: int) -> tuple[bool, bool, bool]:
-  """(log, evaluate, save) after train step `step`, from `config.train`: a log line every
-  `log_every`, validation every `eval_every`, `checkpoints/last` at every validation and
-  every `checkpoint_every_steps`; all three after the last step."""
+def eval_period(cfg, steps_per_epoch: int) -> int:
+  """Steps between validations: `eval_every_epochs` epochs of `steps_per_epoch` steps when that
+  is > 0, else `eval_every` steps."""
+  if cfg.eval_every_epochs > 0:
+    if steps_per_epoch < 1:
+      raise ValueError(f'train.eval_every_epochs needs at least one step per epoch, got {steps_per_epoch}')
+    return cfg.eval_every_epochs * steps_per_epoch
+  return cfg.eval_every
+
+
+def step_schedule(cfg, step: int, steps_per_epoch: int) -> tuple[bool, bool, bool]:
+  """(log, evaluate, save) after train step `step`, from `config.train` and the run's steps per epoch:
+  a log line every `log_every`; validation every `eval_every` steps, or with `eval_every_epochs` = E > 0
+  after the last step of every E-th epoch (the steps that are multiples of E * `steps_per_epoch`);
+  `checkpoints/last` at every validation and every `checkpoint_every_steps`; all three after the last step."""
   last = step == cfg.num_steps
   log = step % cfg.log_every == 0 or last
-  evaluate_now = step % cfg.eval_every == 0 or last
+  evaluate_now = step % eval_period(cfg, steps_per_epoch) == 0 or last
   save = evaluate_now or (cfg.checkpoint_every_steps > 0 and step % cfg.checkpoint_every_steps == 0)
   return log, evaluate_now, save
+
+
+@dataclasses.dataclass
+class Selection:
+  """Model selection of one run, stored in the metadata of its checkpoints.
+
+  Attributes:
+    best: {'step', 'accuracy'}: the validation with the best `train.select_head` accuracy so far
+      (step -1 before the first validation).
+    since_best: validations since `best` that did not improve on it (strictly), for `train.patience`.
+    stopped_early: {'step', 'patience'} once training stopped early, else None.
+  """
+  best: dict = dataclasses.field(default_factory=lambda: {'step': -1, 'accuracy': -1.0})
+  since_best: int = 0
+  stopped_early: dict | None = None
+
+  def update(self, step: int, accuracy: float) -> bool:
+    """Counts the validation of `step`; True when it is the new best (strictly better)."""
+    if accuracy > self.best['accuracy']:
+      self.best, self.since_best = {'step': step, 'accuracy': accuracy}, 0
+      return True
+    self.since_best += 1
+    return False
+
+  def exhausted(self, patience: int) -> bool:
+    """Whether `patience` (> 0) validations in a row have not improved on the best."""
+    return patience > 0 and self.since_best >= patience
+
+  def meta(self) -> dict:
+    out = {'best': dict(self.best), SINCE_BEST: self.since_best}
+    if self.stopped_early is not None:
+      out[STOPPED_EARLY] = dict(self.stopped_early)
+    return out
+
+  @classmethod
+  def from_meta(cls, meta: Mapping) -> 'Selection':
+    """The selection a checkpoint's metadata stores (a checkpoint of a version without the count: 0)."""
+    stopped = meta.get(STOPPED_EARLY)
+    return cls(dict(meta['best']), int(meta.get(SINCE_BEST, 0)), None if stopped is None else dict(stopped))
 
 
 def write_train_means(writer, workdir: str, step: int, means: Mapping[str, float]) -> None:
@@ -332,7 +389,9 @@ def train_and_evaluate_many(configs: Sequence[ml_collections.ConfigDict], workdi
   runs share one vmapped step in one process. Every workdir gets TensorBoard
   scalars, `metrics.jsonl`, `checkpoints/{last,best}` and `results.json` (test
   metrics of the best-validation checkpoint); only process 0 writes logs and
-  results. An unfinished group resumes from its runs' last checkpoints.
+  results. An unfinished group resumes from its runs' last checkpoints. With
+  `train.patience` a run stops early (each run of a group on its own count); a run
+  that stopped is finished, and resuming it trains no further step.
 
   Args:
     allow_changed: dotted config fields (or sections) that may differ from the
@@ -384,26 +443,26 @@ def _train_and_evaluate_locked(configs, workdirs, allow_changed, progress) -> li
     if training.method.prerequisites is not None and not all(m.all_steps() for m in lasts):
       prerequisites = prerequisite_states(exps, workdirs, allow_changed, progress)
       states = [training.method.adopt(s, p) for s, p in zip(states, prerequisites)]
-    best = [{'step': -1, 'accuracy': -1.0} for _ in exps]
+    selections = [Selection() for _ in exps]
     if any(m.all_steps() for m in lasts):
       for m, e, w in zip(lasts, exps, workdirs):  # before any state is read: a state of another config may not fit
         if m.all_steps():
           check_stored_config(checkpointing.restore_meta(m), e.config, w, m.latest_step(), allow_changed)
-      restored = [checkpointing.restore_latest(m, s, it) if m.all_steps() else (s, {'best': b}, 0)
-                  for m, s, it, b in zip(lasts, states, iters, best)]
+      restored = [checkpointing.restore_latest(m, s, it) if m.all_steps() else (s, Selection().meta(), 0)
+                  for m, s, it in zip(lasts, states, iters)]
       if len({r[2] for r in restored}) > 1:
         logging.warning('the seeds stopped at different steps %s; finishing them one at a time',
                         [r[2] for r in restored])
         finished_apart = True
       else:
-        states, best = [r[0] for r in restored], [r[1]['best'] for r in restored]
+        states, selections = [r[0] for r in restored], [Selection.from_meta(r[1]) for r in restored]
         for w in workdirs:
           if jax.process_index() == 0:
             workdir_lib.truncate_history(os.path.join(w, HISTORY), restored[0][2])
-        progress({'event': 'resumed', 'step': restored[0][2], 'best': best})
+        progress({'event': 'resumed', 'step': restored[0][2], 'best': [sel.best for sel in selections]})
     if not finished_apart:
       with distributed.PreemptionWatch() as watch:
-        _train(exps, workdirs, join_replicas(training, states), best, iters, lasts, bests, watch, progress)
+        _train(exps, workdirs, join_replicas(training, states), selections, iters, lasts, bests, watch, progress)
   finally:
     for it in iters:
       if hasattr(it, 'close'):
@@ -475,7 +534,7 @@ def _single(training: build_lib.Training) -> build_lib.Training:
 
 def log_progress(event: dict) -> None:
   """The default `progress`: the lines of `mlb_jax.console.Console`, as INFO log records."""
-  kind, several = event['event'], len(event.get('runs', ())) > 1
+  kind, several = event['event'], event.get('group_size', len(event.get('runs', ()))) > 1
   if kind == 'start':
     logging.info('training %s: %s', event['runs'], event['what'])
   elif kind == 'resumed':
@@ -487,15 +546,23 @@ def log_progress(event: dict) -> None:
   elif kind == 'val':
     for run, val, best in zip(event['runs'], event['val'], event['best']):
       logging.info('%s%s', f'{run}: ' if several else '', console.val_line(event['step'], val, best))
+  elif kind == 'stopped':
+    for run, best in zip(event['runs'], event['best']):
+      logging.info('%s%s', f'{run}: ' if several else '',
+                   console.stopped_line(event['step'], event['patience'], event['head'], best))
 
 
-def _train(exps: Sequence[Experiment], workdirs: Sequence[str], state, best: list, iters, lasts, bests,
-           watch: distributed.PreemptionWatch, progress: Callable[[dict], None]) -> None:
-  """The step loop of `train_and_evaluate_many`, from the restored step to `train.num_steps`.
+def _train(exps: Sequence[Experiment], workdirs: Sequence[str], state, selections: list[Selection], iters, lasts,
+           bests, watch: distributed.PreemptionWatch, progress: Callable[[dict], None]) -> None:
+  """The step loop of `train_and_evaluate_many`, from the restored step to `train.num_steps`, or until
+  every run has stopped early (`train.patience`); `selections` (one per run) is updated in place.
 
-  Calls `progress` with {'event': 'start' | 'train' | 'val', 'step', 'total', 'runs': [names], ...}:
-  'train' events carry each run's window `means` and `steps_per_sec`; 'val' events each run's
-  validation metrics `val` and `best` {'step', 'accuracy'}.
+  Calls `progress` with {'event': 'start' | 'train' | 'val' | 'stopped', 'step', 'total', 'runs': [names],
+  ...}: 'train' events carry each run's window `means` and `steps_per_sec`; 'val' events each run's
+  validation metrics `val` and `best` {'step', 'accuracy'}; 'stopped' events (a run stopped early) the
+  `patience`, `head`, each run's `best` and how many runs are `remaining`. A run that stopped early
+  while others train on in the same vmapped step writes nothing more: its state is still stepped (one
+  compiled step serves all runs) but never validated, logged or saved again, and the events leave it out.
   """
   exp0 = exps[0]
   config, cfg, training = exp0.config, exp0.config.train, exp0.training
@@ -504,9 +571,34 @@ def _train(exps: Sequence[Experiment], workdirs: Sequence[str], state, best: lis
   spe = training.spec.steps_per_epoch
   start = saved = int(jax.device_get(state.step).reshape(-1)[0])
   runs = [os.path.basename(w) if num > 1 else f'seed {e.config.seed}' for e, w in zip(exps, workdirs)]
-  base = dict(runs=runs, total=cfg.num_steps)
-  writers = [metric_writer(w, e.config, start=start) for e, w in zip(exps, workdirs)]
-  progress({'event': 'start', 'step': start, **base, 'what': (
+  base = dict(total=cfg.num_steps, group_size=num)  # events name the runs they concern; the group has `num`
+
+  def stopped_event(step, which):
+    progress({'event': 'stopped', 'step': step, **base, 'runs': [runs[s] for s in which], 'patience': cfg.patience,
+              'head': cfg.select_head, 'best': [selections[s].best for s in which],
+              'remaining': sum(active)})
+
+  # A run restored with its patience used up (it stopped early, or a resume lowered train.patience) trains
+  # no further; a raised or disabled patience lets a stopped run go on.
+  replicas, stopped_before = None, []
+  for s, (e, sel) in enumerate(zip(exps, selections)):
+    if not sel.exhausted(cfg.patience):
+      sel.stopped_early = None
+    elif start < cfg.num_steps:
+      stopped_before.append(s)
+      record = {'step': start, 'patience': cfg.patience}
+      if sel.stopped_early != record:  # the metadata of checkpoints/last records the stop
+        sel.stopped_early = record
+        replicas = replicas or split_replicas(training, state)
+        checkpointing.save(lasts[s], start, replicas[s], _meta(e.config, sel), iters[s])
+  active = [s not in stopped_before for s in range(num)]
+  if stopped_before:
+    stopped_event(start, stopped_before)
+  if not any(active):
+    return
+
+  writers = [metric_writer(w, e.config, start=start) if a else None for e, w, a in zip(exps, workdirs, active)]
+  progress({'event': 'start', 'step': start, **base, 'runs': [r for r, a in zip(runs, active) if a], 'what': (
       f'{config.method}, {parameter_count(split_replicas(training, state)[0].params):,} parameters, modalities '
       f'{list(exp0.modalities)}, ' + (f'{jax.device_count()} device(s) in {jax.process_count()} process(es)'
                                       if num == 1 else f'{num} seeds in one vmapped step'))})
@@ -517,10 +609,13 @@ def _train(exps: Sequence[Experiment], workdirs: Sequence[str], state, best: lis
   profile = runtime.ProfileWindow(config.profile_steps, os.path.join(workdirs[0], PROFILE))
   try:
     for step in range(start + 1, cfg.num_steps + 1):
+      if not any(active):
+        break
+      live = [s for s in range(num) if active[s]]
       if method.epoch_update is not None and (step - 1) % spe == 0:
         replicas = split_replicas(training, state)
-        replicas = [method.epoch_update(epoch_context(e, (step - 1) // spe, step - 1), r)
-                    for e, r in zip(exps, replicas)]
+        replicas = [method.epoch_update(epoch_context(e, (step - 1) // spe, step - 1), r) if active[s] else r
+                    for s, (e, r) in enumerate(zip(exps, replicas))]
         state = join_replicas(training, replicas)
       batch = training.place_batch([next(it) for it in iters])
       profile.before(step)
@@ -530,56 +625,73 @@ def _train(exps: Sequence[Experiment], workdirs: Sequence[str], state, best: lis
       profile.after(step, step_metrics)
       pending.append(step_metrics)
       stop = watch.requested(step)
-      log, evaluate_now, save = step_schedule(cfg, step)
+      log, evaluate_now, save = step_schedule(cfg, step, spe)
       save = save or stop
       if log or save:  # per run: nothing non-finite is ever logged as a mean or saved
         pending = jax.device_get(pending)
-        for s, w in enumerate(workdirs):
+        for s in live:
           try:
             check_finite(step - len(pending) + 1 + checked, replica_history(pending[checked:], s, num), saved)
           except FloatingPointError as e:
-            raise (FloatingPointError(f"seed {exps[s].config.seed} ('{w}'): {e}") if num > 1 else e) from None
+            raise (FloatingPointError(f"seed {exps[s].config.seed} ('{workdirs[s]}'): {e}") if num > 1 else e) from None
         checked = len(pending)
-      if log:
-        timed = len(pending) - timed_from
-        rate = timed / max(time.time() - t0, 1e-9) if timed > 0 else 0.0
-        all_means = []
-        for s, (w, writer) in enumerate(zip(workdirs, writers)):
-          means = window_means(replica_history(pending, s, num))
-          means['steps_per_sec'] = rate
-          write_train_means(writer, w, step, means)
-          all_means.append(means)
-        progress({'event': 'train', 'step': step, **base, 'means': all_means, 'steps_per_sec': rate})
-        pending, checked, t0, timed_from = [], 0, time.time(), 0
+      now = time.time()
       if evaluate_now or save:
         replicas = split_replicas(training, state)
-      if evaluate_now:
-        vals = []
-        for s, (e, w, writer) in enumerate(zip(exps, workdirs, writers)):
+      vals, stopping = {}, []
+      if evaluate_now:  # computed here, written after this step's log row
+        for s in live:
+          e = exps[s]
           val, _, _ = evaluate_split(training.eval_step, replicas[s], e.dataset.splits['val'],
                                      batch_size=e.config.data.eval_batch_size, heads=heads, ece_bins=cfg.ece_bins)
-          write_val(writer, w, step, val)
-          if val[cfg.select_head]['accuracy'] > best[s]['accuracy']:
-            best[s] = {'step': step, 'accuracy': val[cfg.select_head]['accuracy']}
-            checkpointing.save(bests[s], step, replicas[s], _meta(e.config, best[s], val=val))
-          vals.append(val)
-        progress({'event': 'val', 'step': step, **base, 'val': vals, 'best': list(best)})
+          vals[s] = (val, selections[s].update(step, val[cfg.select_head]['accuracy']))
+          if selections[s].exhausted(cfg.patience) and step < cfg.num_steps:
+            selections[s].stopped_early = {'step': step, 'patience': cfg.patience}
+            stopping.append(s)
+      # A run that stops early logs its last window, as a run does after its last step; the others keep theirs.
+      logged = live if log else stopping
+      if logged:
+        timed = len(pending) - timed_from
+        rate = timed / max(now - t0, 1e-9) if timed > 0 else 0.0
+        all_means = []
+        for s in logged:
+          means = window_means(replica_history(pending, s, num))
+          means['steps_per_sec'] = rate
+          write_train_means(writers[s], workdirs[s], step, means)
+          all_means.append(means)
+        progress({'event': 'train', 'step': step, **base, 'runs': [runs[s] for s in logged], 'means': all_means,
+                  'steps_per_sec': rate})
+      if log:
+        pending, checked, t0, timed_from = [], 0, now, 0
+      if evaluate_now:
+        for s, (val, improved) in vals.items():
+          write_val(writers[s], workdirs[s], step, val)
+          if improved:
+            checkpointing.save(bests[s], step, replicas[s], _meta(exps[s].config, selections[s], val=val))
+        progress({'event': 'val', 'step': step, **base, 'runs': [runs[s] for s in vals],
+                  'val': [v for v, _ in vals.values()], 'best': [selections[s].best for s in vals]})
       if save:
-        for s, e in enumerate(exps):
-          checkpointing.save(lasts[s], step, replicas[s], _meta(e.config, best[s]), iters[s])
+        for s in live:
+          checkpointing.save(lasts[s], step, replicas[s], _meta(exps[s].config, selections[s]), iters[s])
         saved = step
+      if stopping:
+        for s in stopping:
+          active[s] = False
+        stopped_event(step, stopping)
       if stop:
-        raise Preempted(step, os.path.join(str(lasts[0].directory), str(step)), watch.signal_name)
+        raise Preempted(step, os.path.join(str(lasts[live[0]].directory), str(step)), watch.signal_name)
   finally:
     profile.close()
     for writer in writers:
-      writer.flush()
-      writer.close()
+      if writer is not None:
+        writer.flush()
+        writer.close()
 
 
-def _meta(config, best: dict, **extra) -> dict:
-  """A checkpoint's metadata: the best validation so far and the config it was trained with."""
-  return {'best': best, 'config': config_diff.comparable(config), **extra}
+def _meta(config, selection: Selection, **extra) -> dict:
+  """A checkpoint's metadata: the model selection so far (best validation, validations since it, an early
+  stop) and the config it was trained with."""
+  return {**selection.meta(), 'config': config_diff.comparable(config), **extra}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -607,7 +719,8 @@ def evaluate(config, workdir: str, *, split: str = 'test', checkpoint_dir: str |
 def evaluate_checkpoint(exp: Experiment, workdir: str, *, split: str = 'test',
                         checkpoint_dir: str | None = None, allow_changed: Sequence[str] = ()) -> dict:
   """Restores the best checkpoint of `workdir` (best `train.select_head` validation
-  accuracy), evaluates val and `split`, and rewrites `results_name(split)` in `workdir`.
+  accuracy), evaluates val and `split`, and rewrites `results_name(split)` in `workdir`
+  (with `stopped_early` when the training recorded in `workdir/checkpoints/last` stopped early).
 
   Args:
     exp: the built one-replica experiment of the config the checkpoint was trained
@@ -655,10 +768,30 @@ def evaluate_checkpoint(exp: Experiment, workdir: str, *, split: str = 'test',
     os.replace(tmp, os.path.join(workdir, name))
   results = write_results(workdir, config, step, evaluated, val, split=split,
                           checkpoint=None if checkpoint_dir is None else os.path.join(path, str(step)),
-                          trained_with=trained_with)
+                          trained_with=trained_with,
+                          stopped_early=stopped_early_record(workdir) if checkpoint_dir is None else None)
   logging.info('%s accuracy (checkpoint step %d): %s', split, step,
                {h: round(d['accuracy'], 4) for h, d in evaluated.items()})
   return results
+
+
+def stopped_early_record(workdir: str) -> dict | None:
+  """{'step', 'patience'} when the training of `workdir` stopped early (from the metadata of the newest
+  readable `checkpoints/last` step), else None."""
+  path = checkpointing.directory(workdir, checkpointing.LAST)
+  if not os.path.isdir(path) or not any(name.isdigit() for name in os.listdir(path)):
+    return None
+  mngr = checkpointing.manager_at(path, read_only=True)
+  try:
+    for step in sorted(mngr.all_steps(), reverse=True):
+      try:
+        return checkpointing.restore_meta(mngr, step).get(STOPPED_EARLY)
+      except Exception as e:  # noqa: BLE001 -- an unreadable step falls back to the previous one, as a resume does
+        logging.warning("the metadata of '%s' could not be read (%s: %.300s)", os.path.join(path, str(step)),
+                        type(e).__name__, e)
+    return None
+  finally:
+    mngr.close()
 
 
 def _flat(d: Mapping, prefix: str = '') -> dict:

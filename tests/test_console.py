@@ -123,6 +123,19 @@ def test_console_resumed_run_and_several_seeds_one_line_each():
   assert 'loss 2.0400' in first and 'ETA 0:08' in first  # seed_1's own means; (8 - 4) / 0.5 s left
 
 
+def test_console_early_stop_keeps_the_seed_prefix_and_closes_the_bar():
+  con = console.Console(stream=io.StringIO(), bar=True)
+  con({'event': 'start', 'step': 0, 'runs': ['seed_0', 'seed_1'], 'total': 100, 'group_size': 2, 'what': 'mlb'})
+  stop = {'event': 'stopped', 'step': 40, 'total': 100, 'group_size': 2, 'patience': 3, 'head': 'fused'}
+  con({**stop, 'runs': ['seed_0'], 'best': [{'step': 28, 'accuracy': 0.5}], 'remaining': 1})
+  assert con._bar is not None  # seed_1 trains on
+  con({**stop, 'step': 60, 'runs': ['seed_1'], 'best': [{'step': 48, 'accuracy': 0.625}], 'remaining': 0})
+  assert con._bar is None
+  assert [line for line in printed(con) if 'stopped' in line] == [
+      'seed_0: stopped early at step 40: 3 validations without a better fused val accuracy than 0.5000 (step 28)',
+      'seed_1: stopped early at step 60: 3 validations without a better fused val accuracy than 0.6250 (step 48)']
+
+
 class Clock:
   def __init__(self, now):
     self.now = now

@@ -174,6 +174,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 1000
   c.train.eval_every = 200            # validate (and checkpoint) every N steps and at the end
+  c.train.eval_every_epochs = 0       # E > 0: validate (and checkpoint) after the last step of every E-th epoch
+                                      # instead (steps E * steps_per_epoch of the run's data) and at the end;
+                                      # 0: every eval_every steps
+  c.train.patience = 0                # P > 0: stop early after P validations in a row without a strictly better
+                                      # select_head val accuracy (0: train num_steps); the best checkpoint is
+                                      # then evaluated as after num_steps
   c.train.select_head = 'fused'       # the best checkpoint maximises this head's val accuracy
   c.train.log_every = 50
   c.train.ece_bins = 15
