@@ -178,7 +178,8 @@ def build_training(config, spec: DataSpec, *, num_replicas: int = 1, mesh: Mesh 
                              dtype=config.dtype)
   labels = functools.partial(optim.modality_labels, heads_scaled=method.unimodal_heads == 'trained',
                              kernels_only=method.scaled_params == 'kernels')
-  tx = optim.make_optimizer(config.optimizer, labels, config.balancing.apply_to)
+  slices = optim.fusion_slices(fusion, modalities, ctx.feature_dims) if method.scales_fusion_slices else None
+  tx = optim.make_optimizer(config.optimizer, labels, config.balancing.apply_to, slices=slices)
   weights = losses.loss_weights(config.loss, modalities)
   options = compile_options.jit_options(models.resolve_kernels(config.model.kernels))
   step = functools.partial(steps.train_step, model=model, tx=tx, method=method, loss_weights=dict(weights),

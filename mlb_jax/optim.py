@@ -28,8 +28,10 @@ Parameter grouping. Labels come from the top-level parameter keys of
 gets label m; `params['fusion']` is never scaled. The authors' code selects
 parameters by name substrings (docs/methods.md#mlb-which-parameters-are-scaled),
 which additionally scales the modality's slice of a Late-Linear/Mid-MLP
-fusion input layer and, with Gated fusion, the modality's gate projection. We do
-not: the fusion head is shared by all modalities and is left at the base rate.
+fusion input layer and, with Gated fusion, the modality's gate projection. By
+default we do not: the fusion head is shared by all modalities and is left at
+the base rate. `balancing.mlb.fusion_slices = True` scales those rows too
+(`fusion_slices`, `scale_fusion_slices`), as the authors' runs do.
 """
 
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
@@ -169,6 +171,73 @@ def scale_by_modality(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+# The fusion parameters that hold one modality's input slice, by fusion: {path: rows of which modality}.
+FUSION_SLICE_FUSIONS = ('late_linear', 'mid_mlp', 'gated', 'mmcosine')
+
+
+def _row_blocks(modalities, dims, start: int = 0):
+  blocks = []
+  for m in modalities:
+    blocks.append((m, start, start + dims[m]))
+    start += dims[m]
+  return tuple(blocks)
+
+
+def fusion_slices(fusion: str, modalities, dims: Mapping[str, int]) -> dict[tuple, tuple]:
+  """{parameter path: ((modality, first row, end row), ...)}: the rows of the fusion's input-layer
+  kernels that read modality m's features, as the authors' name-substring selection scales them.
+
+  late_linear / mid_mlp: the first kernel's rows in concatenation order; gated: the gate projection
+  (it reads the first modality) and the value projection's rows (the others); mmcosine: each
+  modality's class-weight matrix. Biases and later layers are not slices of a modality.
+  """
+  if fusion == 'late_linear':
+    return {('fusion', 'kernel'): _row_blocks(modalities, dims)}
+  if fusion == 'mid_mlp':
+    return {('fusion', 'Dense_0', 'kernel'): _row_blocks(modalities, dims)}
+  if fusion == 'gated':
+    first = modalities[0]
+    return {('fusion', 'gate', 'kernel'): ((first, 0, dims[first]),),
+            ('fusion', 'value', 'kernel'): _row_blocks(modalities[1:], dims)}
+  if fusion == 'mmcosine':
+    return {('fusion', f'kernel_{m}'): ((m, 0, dims[m]),) for m in modalities}
+  raise ValueError(f"balancing.mlb.fusion_slices is defined for the fusions {list(FUSION_SLICE_FUSIONS)}, "
+                   f"got model.fusion '{fusion}'")
+
+
+def scale_fusion_slices(slices: Mapping[tuple, tuple]) -> optax.GradientTransformationExtraArgs:
+  """Multiplies the rows of the `slices` parameters (see `fusion_slices`) by their modality's
+  `modality_scales[m]`, rows of modalities absent from it by 1. Stateless, like `scale_by_modality`."""
+
+  def init_fn(params):
+    del params
+    return ScaleByModalityState()
+
+  def update_fn(updates, state, params=None, *, modality_scales, **extra_args):
+    del params, extra_args
+    found = set()
+
+    def scale(path, u):
+      key = tuple(getattr(p, 'key', None) for p in path)
+      blocks = slices.get(key)
+      if blocks is None:
+        return u
+      found.add(key)
+      rows = jnp.ones((u.shape[0],), u.dtype)
+      for m, a, b in blocks:
+        if m in modality_scales:
+          rows = rows.at[a:b].set(jnp.asarray(modality_scales[m], u.dtype))
+      return u * rows.reshape((-1,) + (1,) * (u.ndim - 1))
+
+    out = jax.tree_util.tree_map_with_path(scale, updates)
+    missing = set(slices) - found
+    if missing:
+      raise ValueError(f'fusion slices {sorted(missing)} name no parameter')
+    return out, state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def cosine_restarts_schedule(base_lr: float, *, warmup_steps: int, period: int = 4,
                              mult: int = 2) -> optax.Schedule:
   """The authors' schedule (docs/methods.md#learning-rate-schedule): constant `base_lr` for updates
@@ -250,8 +319,8 @@ def _per_label_base(default: optax.GradientTransformation,
 
 
 def make_optimizer(cfg, param_labels, apply_to: str,
-                   per_label: Optional[Mapping[str, optax.GradientTransformation]] = None
-                   ) -> optax.GradientTransformationExtraArgs:
+                   per_label: Optional[Mapping[str, optax.GradientTransformation]] = None,
+                   slices: Optional[Mapping[tuple, tuple]] = None) -> optax.GradientTransformationExtraArgs:
   """The full chain with `scale_by_modality` placed by `apply_to`.
 
   Args:
@@ -265,6 +334,7 @@ def make_optimizer(cfg, param_labels, apply_to: str,
       still applies on top, placed by `apply_to`. With it, the base state is an
       `optax.PartitionState` keyed by label (by the key, for the labels a key
       covers); every other label has its own `base_optimizer(cfg)` state.
+    slices: optional fusion rows scaled with their modality (`fusion_slices`), placed with k_i.
 
   Raises:
     ValueError: for an unknown `apply_to` or optimizer setting, a `per_label`
@@ -274,6 +344,8 @@ def make_optimizer(cfg, param_labels, apply_to: str,
   if apply_to not in APPLY_TO:
     raise ValueError(f"balancing.apply_to must be one of {APPLY_TO}, got '{apply_to}'")
   balance = scale_by_modality(param_labels)
+  if slices:
+    balance = optax.chain(balance, scale_fusion_slices(slices))
   base = base_optimizer(cfg)
   if per_label:
     base = _per_label_base(base, per_label, param_labels)

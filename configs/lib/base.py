@@ -92,6 +92,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.balancing.mlb = ml_collections.ConfigDict()
   c.balancing.mlb.alpha = 0.8         # tanh steepness of Eq. 7
   c.balancing.mlb.beta_max = 2.0      # largest acceleration (Eq. 6); 2.0 = every released config of the authors
+  c.balancing.mlb.fusion_slices = False  # k_i also scales modality i's rows of the fusion input layer (late_linear,
+                                         # mid_mlp; gated: the gate / value projection; mmcosine), as the authors' code
   c.balancing.ogm = ml_collections.ConfigDict()
   c.balancing.ogm.alpha = 0.8         # ogm / ogm_ge
   c.balancing.ogm.start_epoch = 0     # modulation for epochs start_epoch <= e <= end_epoch

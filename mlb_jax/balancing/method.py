@@ -142,6 +142,8 @@ class Method(NamedTuple):
     fusions: the fusions the method is defined for (None: any).
     scaled_params: which parameters of a modality's subtree the scales reach:
       'all', or 'kernels' (weight matrices/filters only, not biases or BatchNorm).
+    scales_fusion_slices: the scales also reach the rows of the fusion's input
+      layer that read each modality (`mlb_jax.optim.fusion_slices`).
     min_modalities, max_modalities: the modality counts it is defined for.
   """
   name: str
@@ -160,6 +162,7 @@ class Method(NamedTuple):
   fusion: Optional[str] = None
   fusions: Optional[tuple[str, ...]] = None
   scaled_params: str = 'all'
+  scales_fusion_slices: bool = False
   min_modalities: int = 2
   max_modalities: Optional[int] = None
 

@@ -89,7 +89,7 @@ def mlb_balance(scores: jax.Array, *, alpha: float, beta_max: float = 2.0) -> ML
 def make_mlb(modalities: tuple[str, ...], cfg, ctx) -> Method:
   """MLB: multi-loss (Eq. 3) with k_i from Eqs. 4-7 every step.
 
-  `cfg` is `config.balancing` (`score`, `mlb.alpha`, `mlb.beta_max`).
+  `cfg` is `config.balancing` (`score`, `mlb.alpha`, `mlb.beta_max`, `mlb.fusion_slices`).
   """
   del ctx
   alpha, beta_max, score = cfg.mlb.alpha, cfg.mlb.beta_max, cfg.score
@@ -101,4 +101,4 @@ def make_mlb(modalities: tuple[str, ...], cfg, ctx) -> Method:
     k = {m: out.coefficients[i] for i, m in enumerate(modalities)}
     return k, state, score_metrics(modalities, s, out.ratios, k)
 
-  return Method('mlb', scales=scales)
+  return Method('mlb', scales=scales, scales_fusion_slices=bool(cfg.mlb.fusion_slices))
