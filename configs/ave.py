@@ -7,7 +7,8 @@ Run (after `python -m data_pipelines.prepare --dataset=ave ...`):
   python run.py --config=configs/ave.py:method=agm --config.model.fusion=mid_mlp ...
 Variants: method=<a key of mlb_jax.balancing.METHODS> (released
 hyperparameters, configs/lib/released.py); fold=0|1|2 (AVE has fixed splits: the fold
-only picks the authors' seed 109/19/337); fusion=auto|late_linear|mid_mlp|...; smoke.
+only picks the authors' seed 109/19/337); fusion=auto|late_linear|mid_mlp|...;
+paper (the authors' runs: docs/methods.md#the-paper-preset); smoke.
 Adam lr 1e-3, wd 1e-4, batch 32, 1500 constant-lr warm-up steps
 (docs/methods.md#training-evaluation-and-reporting).
 """
@@ -16,7 +17,8 @@ from configs.lib import base, datasets, paper, released
 
 
 def get_config(arg=None):
-  args = base.parse_arg(arg, {'method': 'mlb', 'fold': '0', 'fusion': 'auto', 'smoke': False})
+  args = base.parse_arg(arg, {'method': 'mlb', 'fold': '0', 'fusion': 'auto', 'paper': False,
+                              'smoke': False})
   c = base.get_config()
   c.seed = paper.fold_seed(int(args['fold']))
   datasets.ave(c)
@@ -26,6 +28,9 @@ def get_config(arg=None):
                           num_steps=103 * 40)
   c.model.fusion = args['fusion']
   released.apply(c, 'ave', args['method'])
+  if args['paper']:   # the authors' stopping rule and their code's baselines (docs/methods.md#the-paper-preset)
+    paper.authors_schedule(c, 'ave', args['method'], 103)
+    paper.authors_code(c)
   if args['smoke']:
     paper.smoke(c, num_classes=28, frames=4)
   return c

@@ -17,8 +17,12 @@ Variants (comma-separated):
   fold=0|1|2                       the authors' --fold: VAVL partition fold + 1 and seed 109/19/337
   authors_schedule                 the authors' stopping rule: validation at every epoch end
                                    (train.eval_every_epochs = 1), up to 1500 epochs, early stop after
-                                   300 validations (epochs) without a better fused val accuracy
-                                   (train.patience = 300); the default is the fixed 16,380 steps below
+                                   300 (MLB) or 100 (the other methods) validations without a better
+                                   fused val accuracy (train.patience); the default is the fixed 16,380
+                                   steps below
+  paper                            the authors' runs exactly as far as the library can: authors_schedule
+                                   plus the baselines as their code computes them (OGM scale='all', AGM
+                                   reencode='zeroed', MLB fusion_slices); docs/methods.md#the-paper-preset
   smoke                            synthetic CREMA-D-like data, width-8 ResNets, two steps (tests)
 Expected: the paper gives CREMA-D ResNet-18 results only as bar plots (Fig. 3,
 mean +- std over the three folds), with MLB the most accurate method; no
@@ -29,12 +33,11 @@ from configs.lib import base, datasets, paper, released
 
 
 STEPS_PER_EPOCH = 126  # VAVL fold 1 (the authors' --fold 0): 4,043 training clips // 32; folds 2 and 3 have 125
-AUTHORS_EPOCHS = 1500   # the authors' max epochs ...
-AUTHORS_PATIENCE = 300  # ... and their MLB early-stopping patience, in epochs (their baselines' configs: 100)
 
 
 def get_config(arg=None):
-  args = base.parse_arg(arg, {'method': 'mlb', 'fold': '0', 'authors_schedule': False, 'smoke': False})
+  args = base.parse_arg(arg, {'method': 'mlb', 'fold': '0', 'authors_schedule': False, 'paper': False,
+                              'smoke': False})
   c = base.get_config()
   fold = int(args['fold'])
   c.seed = paper.fold_seed(fold)
@@ -51,13 +54,13 @@ def get_config(arg=None):
   # validation checkpoint is reported.
   paper.resnet18_training(c, learning_rate=1e-4, warmup_steps=780, steps_per_epoch=STEPS_PER_EPOCH,
                           num_steps=16380)
-  if args['authors_schedule']:
+  if args['authors_schedule'] or args['paper']:
     # Validation after every epoch's last step, whatever the fold's steps per epoch (eval_every is
     # then unused), and the authors' stopping rule. num_steps caps training at 1500 epochs of
     # STEPS_PER_EPOCH steps (1512 epochs on folds 2 and 3); the early stop usually ends it first.
-    c.train.eval_every_epochs = 1
-    c.train.patience = AUTHORS_PATIENCE
-    c.train.num_steps = AUTHORS_EPOCHS * STEPS_PER_EPOCH
+    paper.authors_schedule(c, 'cremad', args['method'], STEPS_PER_EPOCH)
+  if args['paper']:
+    paper.authors_code(c)
   c.balancing.mlb.alpha = 0.8
   c.balancing.mlb.beta_max = 2.0
   released.apply(c, 'cremad', args['method'])   # the method's released CREMA-D hyperparameters

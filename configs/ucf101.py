@@ -5,7 +5,8 @@ Data and schedule: docs/methods.md#ucf101, docs/methods.md#schedule-by-dataset.
 Run (after `python -m data_pipelines.prepare --dataset=ucf101 ...`):
   python run.py --config=configs/ucf101.py:method=mlb,fold=1 --config.data.dir=/data/ucf_prepared --workdir=w
 Variants: method=... (released hyperparameters, configs/lib/released.py); fold=1|2|3 (the
-official split and the authors' seed 109/19/337); fusion=auto|late_linear|mid_mlp|...; smoke.
+official split and the authors' seed 109/19/337); fusion=auto|late_linear|mid_mlp|...;
+paper (the authors' runs: docs/methods.md#the-paper-preset); smoke.
 Adam lr 1e-3, wd 1e-4, batch 32, 780 constant-lr warm-up steps (docs/methods.md#training-evaluation-and-reporting).
 """
 
@@ -13,7 +14,8 @@ from configs.lib import base, datasets, paper, released
 
 
 def get_config(arg=None):
-  args = base.parse_arg(arg, {'method': 'mlb', 'fold': '1', 'fusion': 'auto', 'smoke': False})
+  args = base.parse_arg(arg, {'method': 'mlb', 'fold': '1', 'fusion': 'auto', 'paper': False,
+                              'smoke': False})
   fold = int(args['fold'])
   if fold not in (1, 2, 3):
     raise ValueError(f"fold must be 1, 2 or 3 (the official UCF101 splits), got {args['fold']}")
@@ -27,6 +29,9 @@ def get_config(arg=None):
                           num_steps=125 * 40)
   c.model.fusion = args['fusion']
   released.apply(c, 'ucf101', args['method'])
+  if args['paper']:   # the authors' stopping rule and their code's baselines (docs/methods.md#the-paper-preset)
+    paper.authors_schedule(c, 'ucf101', args['method'], 125)
+    paper.authors_code(c)
   if args['smoke']:
     paper.smoke(c, num_classes=51, frames=4)
   return c
