@@ -45,6 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.fusion = 'auto'           # auto (the method's own fusion, else late_linear) | late_linear | mid_mlp
                                     # | mmcosine | film | gated | transformer | mmtm
   c.model.features = 128            # output width D of the mlp, conv and frames encoders
+  c.model.torch_init = False        # PyTorch's default Linear init U(+-1/sqrt(fan_in)) for the unimodal heads and
+                                    # the mid_mlp layers, late_linear / mid_mlp input rows per modality slice (the
+                                    # authors' fc_i_lin); default Flax's for the heads and mid_mlp
   c.model.kernels = 'auto'          # auto: the CPU formulations of models/cpu_kernels.py and XLA:CPU options
                                     # on a CPU backend, plain XLA ops elsewhere | plain | cpu
   # One section per encoder ...

@@ -64,10 +64,12 @@ def authors_schedule(c: ml_collections.ConfigDict, dataset: str, method: str,
 def authors_code(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The baselines as the MLB authors' code runs them where it departs from their papers
   (docs/methods.md#the-paper-preset): OGM scales every encoder parameter (BatchNorm too), AGM reuses
-  the other modality's train features, MLB's k_i also scales each modality's fusion-input rows."""
+  the other modality's train features, MLB's k_i also scales each modality's fusion-input rows; PyTorch's
+  default initialisation of the heads and fusion layers."""
   c.balancing.ogm.scale = 'all'
   c.balancing.agm.reencode = 'zeroed'
   c.balancing.mlb.fusion_slices = True
+  c.model.torch_init = True
   return c
 
 

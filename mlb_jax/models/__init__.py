@@ -86,10 +86,11 @@ ENCODERS = {
 # Each entry: (config.model, modalities, num_classes, compute dtype) -> constructor.
 FUSIONS = {
     'late_linear': lambda cfg, modalities, num_classes, dtype: functools.partial(
-        LateLinearFusion, modalities=tuple(modalities), num_classes=num_classes, dtype=dtype),
+        LateLinearFusion, modalities=tuple(modalities), num_classes=num_classes, dtype=dtype,
+        sliced_init=cfg.torch_init),
     'mid_mlp': lambda cfg, modalities, num_classes, dtype: functools.partial(
         MidMLPFusion, modalities=tuple(modalities), num_classes=num_classes,
-        hidden=cfg.mid_mlp.hidden, dropout=cfg.mid_mlp.dropout, dtype=dtype),
+        hidden=cfg.mid_mlp.hidden, dropout=cfg.mid_mlp.dropout, dtype=dtype, torch_init=cfg.torch_init),
     'mmcosine': lambda cfg, modalities, num_classes, dtype: functools.partial(
         MMCosineFusion, modalities=tuple(modalities), num_classes=num_classes,
         scale=cfg.mmcosine.scale, dtype=dtype),
@@ -145,4 +146,5 @@ def build_model(model_cfg, modalities, sample_shapes, num_classes: int,
       encoders={m: ENCODERS[names[m]](model_cfg, dtype, ops) for m in modalities},
       fusion=FUSIONS[model_cfg.fusion](model_cfg, modalities, num_classes, dtype),
       num_classes=num_classes,
-      dtype=dtype)
+      dtype=dtype,
+      torch_init=bool(model_cfg.torch_init))

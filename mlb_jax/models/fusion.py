@@ -29,6 +29,31 @@ def _torch_linear_init(fan_in: int):
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+def _torch_sliced_init(fan_ins: Sequence[int]):
+  """Rows in blocks of `fan_ins`, block i drawn from U(+-1/sqrt(fan_ins[i])): one PyTorch Linear per
+  modality slice (the authors' `fc_i_lin` layers), as one kernel over the concatenated features."""
+  def init(key, shape, dtype=jnp.float32):
+    keys = jax.random.split(key, len(fan_ins))
+    blocks = [jax.random.uniform(k, (d, *shape[1:]), dtype, -1.0 / jnp.sqrt(d), 1.0 / jnp.sqrt(d))
+              for k, d in zip(keys, fan_ins)]
+    return jnp.concatenate(blocks, axis=0)
+  return init
+
+
+class TorchDense(nn.Module):
+  """Linear(D -> features) with PyTorch's default init, U(+-1/sqrt(D)) for kernel and bias, D read from
+  the input; the parameters are named as `nn.Dense`'s ('kernel' [D, features], 'bias')."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    init = _torch_linear_init(x.shape[-1])
+    kernel = self.param('kernel', init, (x.shape[-1], self.features)).astype(self.dtype)
+    bias = self.param('bias', init, (self.features,)).astype(self.dtype)
+    return x.astype(self.dtype) @ kernel + bias
+
+
 class LateLinearFusion(nn.Module):
   """Late-Linear: one linear layer over the concatenated features.
 
@@ -36,17 +61,21 @@ class LateLinearFusion(nn.Module):
   (docs/methods.md, fusion heads). The modality contributions split the bias evenly,
   z_m = f_m W_m + b / M, as the authors' OGM code does (b/2 for M = 2).
 
-  Attributes: modalities: concatenation order; num_classes: C; dtype: compute dtype.
+  Attributes: modalities: concatenation order; num_classes: C; dtype: compute dtype;
+    sliced_init: initialise as the authors' one Linear per modality (W_m ~ U(+-1/sqrt(D_m)), b with the
+    first modality's fan-in) instead of one Linear over the concatenation (U(+-1/sqrt(sum D))).
   """
   modalities: Sequence[str]
   num_classes: int
   dtype: Any = jnp.float32
+  sliced_init: bool = False
 
   @nn.compact
   def contributions(self, features: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     dims = [features[m].shape[-1] for m in self.modalities]
-    init = _torch_linear_init(sum(dims))
-    kernel = self.param('kernel', init, (sum(dims), self.num_classes)).astype(self.dtype)
+    init = _torch_linear_init(dims[0] if self.sliced_init else sum(dims))
+    kernel_init = _torch_sliced_init(dims) if self.sliced_init else init
+    kernel = self.param('kernel', kernel_init, (sum(dims), self.num_classes)).astype(self.dtype)
     bias = self.param('bias', init, (self.num_classes,)).astype(self.dtype)
     out, start = {}, 0
     for m, d in zip(self.modalities, dims):
@@ -63,21 +92,33 @@ class MidMLPFusion(nn.Module):
   """Concatenate, then Linear -> ReLU -> Dropout -> Linear -> ReLU -> Dropout -> Linear
   (the authors' Mid-MLP, `fc_inner` 64, dropout 0.1: three affine maps).
 
-  Attributes: modalities; num_classes; hidden: inner width; dropout: rate; dtype: compute dtype.
+  Attributes: modalities; num_classes; hidden: inner width; dropout: rate; dtype: compute dtype;
+    torch_init: PyTorch's default Linear init for the three layers, the first one per modality slice
+    (the authors' `fc_i_lin`); default Flax's (LeCun-normal kernels, zero biases).
   """
   modalities: Sequence[str]
   num_classes: int
   hidden: int = 64
   dropout: float = 0.1
   dtype: Any = jnp.float32
+  torch_init: bool = False
 
   @nn.compact
   def __call__(self, features: Mapping[str, jax.Array], *, train: bool):
+    dims = [features[m].shape[-1] for m in self.modalities]
     x = jnp.concatenate([features[m] for m in self.modalities], axis=-1)
     drop = lambda h: nn.Dropout(self.dropout, deterministic=not train)(nn.relu(h))
-    x = drop(nn.Dense(self.hidden, dtype=self.dtype)(x))
-    x = drop(nn.Dense(self.hidden, dtype=self.dtype)(x))
-    return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    if self.torch_init:
+      first = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_torch_sliced_init(dims),
+                       bias_init=_torch_linear_init(dims[0]), name='Dense_0')
+      second = _torch_dense(self.hidden, self.hidden, 'Dense_1', self.dtype)
+      last = _torch_dense(self.num_classes, self.hidden, 'Dense_2', self.dtype)
+    else:
+      first, second, last = (nn.Dense(w, dtype=self.dtype, name=f'Dense_{i}')
+                             for i, w in enumerate((self.hidden, self.hidden, self.num_classes)))
+    x = drop(first(x))
+    x = drop(second(x))
+    return last(x)
 
 
 class MMCosineFusion(nn.Module):

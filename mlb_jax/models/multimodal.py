@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from mlb_jax.losses import FUSED
+from mlb_jax.models.fusion import TorchDense
 
 MASK_SUFFIX = '_mask'  # batch[m + MASK_SUFFIX]: padding mask of modality m
 
@@ -51,14 +52,18 @@ class ModalityBranch(nn.Module):
     make_encoder: constructor of the encoder module.
     num_classes: C.
     dtype: compute dtype of the head.
+    torch_init: the head gets PyTorch's default Linear init (U(+-1/sqrt(D)), kernel and bias), as the
+      authors' heads; default Flax's (LeCun-normal kernel, zero bias).
   """
   make_encoder: Callable[..., nn.Module]
   num_classes: int
   dtype: Any = jnp.float32
+  torch_init: bool = False
 
   def setup(self):
     self.encoder = self.make_encoder()
-    self.head = nn.Dense(self.num_classes, dtype=self.dtype)
+    self.head = (TorchDense(self.num_classes, dtype=self.dtype) if self.torch_init
+                 else nn.Dense(self.num_classes, dtype=self.dtype))
 
   def encode(self, x, *, train: bool, mask=None, return_tokens: bool = False):
     kwargs = {} if mask is None else {'mask': mask}
@@ -82,15 +87,17 @@ class MultimodalClassifier(nn.Module):
     num_classes: C.
     dtype: compute dtype of the unimodal heads (the encoder and fusion
       constructors carry their own); outputs are float32 regardless.
+    torch_init: PyTorch's default Linear init for the unimodal heads (`ModalityBranch`).
   """
   modalities: Sequence[str]
   encoders: Mapping[str, Callable[..., nn.Module]]
   fusion: Callable[..., nn.Module]
   num_classes: int
   dtype: Any = jnp.float32
+  torch_init: bool = False
 
   def setup(self):
-    self.branches = {m: ModalityBranch(self.encoders[m], self.num_classes, self.dtype, name=m)
+    self.branches = {m: ModalityBranch(self.encoders[m], self.num_classes, self.dtype, self.torch_init, name=m)
                      for m in self.modalities}
     self.fusion_head = self.fusion(name='fusion')
 
