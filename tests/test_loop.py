@@ -289,6 +289,8 @@ BY_HAND = [
     ('ave', 'mslr', 'balancing.mslr.initial.video', 1.3),
     ('ucf101', 'mlb', 'balancing.mlb.alpha', 1.0), ('ucf101', 'ogm', 'balancing.ogm.alpha', 1.5),
     ('ucf101', 'agm', 'balancing.agm.alpha', 0.8), ('ucf101', 'pmr', 'balancing.pmr.alpha', 3.0),
+    ('cremad_conformer', 'ogm', 'balancing.ogm.alpha', 1.25), ('cremad_conformer', 'pmr', 'balancing.pmr.alpha', 2.0),
+    ('cremad_conformer', 'pmr', 'balancing.pmr.end_epoch', 1500), ('cremad_conformer', 'mlb', 'balancing.mlb.alpha', 0.8),
 ]
 
 
@@ -308,7 +310,7 @@ def test_released_hyperparameters_by_hand():
   assert released.apply(c, 'ave', 'agm').balancing.agm.alpha == 2.0
 
 
-@pytest.mark.parametrize('dataset', ['cremad', 'ave', 'ucf101'])
+@pytest.mark.parametrize('dataset', ['cremad', 'cremad_conformer', 'ave', 'ucf101'])
 @pytest.mark.parametrize('method', sorted(balancing.METHODS))
 def test_released_hyperparameters_apply_to_every_method(dataset, method):
   from configs.lib import released

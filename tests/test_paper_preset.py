@@ -3,12 +3,13 @@ every item it sets, per dataset and method, and that the defaults stay the paper
 
 import pytest
 
-from configs import ave, cremad_mlb, ucf101
+from configs import ave, cremad_conformer, cremad_mlb, ucf101
 from mlb_jax import build
 
-CONFIGS = {'cremad': cremad_mlb, 'ave': ave, 'ucf101': ucf101}
+CONFIGS = {'cremad': cremad_mlb, 'ave': ave, 'ucf101': ucf101, 'cremad_conformer': cremad_conformer}
 SCHEDULE = {  # dataset: (steps per epoch of the config, max epochs, patience of a method that is not MLB)
-    'cremad': (126, 1500, 100), 'ave': (103, 1500, 50), 'ucf101': (125, 1000, 100)}
+    'cremad': (126, 1500, 100), 'ave': (103, 1500, 50), 'ucf101': (125, 1000, 100),
+    'cremad_conformer': (505, 1500, 100)}
 
 
 @pytest.mark.parametrize('dataset', sorted(CONFIGS))
@@ -43,3 +44,12 @@ def test_paper_preset_smoke_builds_mlb_with_fusion_slices():
   assert config.train.num_steps == 2   # smoke keeps its two steps
   exp = build.build(config)
   assert exp.training.method.scales_fusion_slices
+
+
+def test_paper_preset_conformer_config_trains_two_steps(tmp_path):
+  from mlb_jax import loop
+  config = cremad_conformer.get_config('method=ogm,paper,smoke')
+  assert (config.balancing.ogm.alpha, config.model.encoder, config.balancing.ogm.scale) == (1.25, 'conformer', 'all')
+  [results] = loop.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert results['method'] == 'ogm'
+  assert all(abs(d['loss']) < 1e6 for d in results['test'].values())

@@ -22,6 +22,15 @@ RELEASED = {
         'mmcosine': {'model.mmcosine.scale': 10.0},
         'mslr': {'balancing.mslr.keep_epochs': 5},
     },
+    'cremad_conformer': {   # the CREMA-D Conformer ("vit") configs
+        'mlb': {'balancing.mlb.alpha': 0.8, 'balancing.mlb.beta_max': 2.0},
+        'ogm': {'balancing.ogm.alpha': 1.25},
+        'ogm_ge': {'balancing.ogm.alpha': 1.25},
+        'agm': {'balancing.agm.alpha': 1.5},
+        'pmr': {'balancing.pmr.alpha': 2.0, 'balancing.pmr.end_epoch': 1500},
+        'mmcosine': {'model.mmcosine.scale': 10.0},
+        'mslr': {'balancing.mslr.keep_epochs': 5},
+    },
     'ave': {
         'mlb': {'balancing.mlb.alpha': 2.0, 'balancing.mlb.beta_max': 2.0},
         'ogm': {'balancing.ogm.alpha': 0.8},
