@@ -298,8 +298,8 @@ def method_config(method, steps):
 
 
 # Trained through the loop by their own tests instead: UMT with its teacher runs (tests/test_umt.py),
-# LFM with its epoch hook's Hessian-vector product (tests/test_lfm.py).
-@pytest.mark.parametrize('method', [m for m in ALL_METHODS if m not in ('umt', 'lfm')])
+# LFM with its epoch hook's Hessian-vector product (tests/test_lfm.py), Greedy (tests/test_greedy.py).
+@pytest.mark.parametrize('method', [m for m in ALL_METHODS if m not in ('umt', 'lfm', 'greedy')])
 def test_every_method_runs_five_steps_finite(tmp_path, method):
   results = loop.train_and_evaluate(method_config(method, 5), str(tmp_path / method))
   assert isinstance(results, list) and len(results) == 1

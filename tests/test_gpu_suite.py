@@ -6,6 +6,8 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITE = os.path.join(ROOT, 'benchmarks', 'gpu_suite.py')
 # The compilation cache of the test run (tests/conftest.py): a second run loads the smoke programs.
@@ -16,6 +18,7 @@ def positive(x):
   return isinstance(x, (int, float)) and x > 0
 
 
+@pytest.mark.slow  # sections 1 and 4 run in the default lane (test_suite_runs_without_tensorflow_or_media_decoders)
 def test_cpu_smoke_writes_every_section_with_numbers(tmp_path):
   done = subprocess.run([sys.executable, SUITE, '--cpu_smoke', f'--out_dir={tmp_path}',
                          f'--compilation_cache_dir={CACHE}'], cwd=ROOT, capture_output=True, text=True, timeout=1200)

@@ -222,6 +222,7 @@ def test_early_stopping_count_survives_a_resume(tmp_path, stopped_run):
   assert {k: resumed[k] for k in ('best_step', 'test', 'val')} == {k: straight[k] for k in ('best_step', 'test', 'val')}
 
 
+@pytest.mark.slow  # one seed's early stop and resume run in the default lane
 def test_early_stopping_of_one_seed_of_a_vmapped_step(tmp_path, monkeypatch, stopped_run):
   """Seed 0 stops at 16 (as alone); seed 1, whose validation is made to improve every time, trains on to 24."""
   real = loop.evaluate_split

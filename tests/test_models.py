@@ -63,7 +63,8 @@ def init(model, batch):
                                       b, train=False))(batch)
 
 
-@pytest.mark.parametrize('fusion', sorted(models.FUSIONS))
+@pytest.mark.parametrize('fusion', [f if f != 'transformer' else pytest.param(f, marks=pytest.mark.slow)  # its step:
+                                    for f in sorted(models.FUSIONS)])  # tests/test_methods_fusions.py
 def test_fusion_shapes_keys_and_gradients_reach_every_encoder(fusion):
   model = build(fusion)
   batch = make_batch(('audio', 'video'))
@@ -246,8 +247,8 @@ BF16_CASES = {  # every encoder kind and every fusion head at least once
 }
 
 
-@pytest.mark.parametrize('fusion', [f if f != 'transformer' else pytest.param(f, marks=pytest.mark.slow)
-                                    for f in sorted(BF16_CASES)])
+@pytest.mark.parametrize('fusion', [f if f not in ('transformer', 'film') else pytest.param(f, marks=pytest.mark.slow)
+                                    for f in sorted(BF16_CASES)])  # slow: the transformer fusion, the conformer encoder
 def test_bfloat16_computes_in_bfloat16_with_float32_params_logits_and_loss(fusion):
   """config.dtype reaches every encoder kind and the fusion head: they compute
   in bfloat16 inside, while parameters, features, logits and the loss stay float32."""
@@ -308,7 +309,8 @@ def test_cremad_config_has_the_authors_hyperparameters():
     parse_config(['--config=configs/cremad_mlb.py:fold=3'])
 
 
-@pytest.mark.parametrize('fusion', ['film', pytest.param('transformer', marks=pytest.mark.slow)])
+@pytest.mark.slow  # every fusion trains a step in tests/test_methods_fusions.py
+@pytest.mark.parametrize('fusion', ['film', 'transformer'])
 def test_cremad_smoke_with_a_fusion_from_the_command_line_takes_a_step(fusion):
   from mlb_jax import build
   c = parse_config(['--config=configs/cremad_mlb.py:smoke', f'--config.model.fusion={fusion}',

@@ -46,6 +46,7 @@ def test_paper_preset_smoke_builds_mlb_with_fusion_slices():
   assert exp.training.method.scales_fusion_slices
 
 
+@pytest.mark.slow  # the config builds with its smoke variant in tests/test_loop.py
 def test_paper_preset_conformer_config_trains_two_steps(tmp_path):
   from mlb_jax import loop
   config = cremad_conformer.get_config('method=ogm,paper,smoke')

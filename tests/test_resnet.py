@@ -302,7 +302,8 @@ def _assert_leaves_close(a, b, rel: float):
                                err_msg=f'leaf {jax.tree_util.keystr(path)}')
 
 
-@pytest.mark.parametrize('modality', sorted(NETWORK_INPUTS))
+@pytest.mark.parametrize('modality', [m if m == 'audio' else pytest.param(m, marks=pytest.mark.slow)  # slow: 2nd stem
+                                      for m in sorted(NETWORK_INPUTS)])
 def test_resnet18_with_cpu_kernels_equals_plain(modality):
   """A full ResNet-18 (w = 64), train-mode forward and backward: `CPU_OPS` computes
   `PLAIN_OPS`'s features, parameter gradients and BatchNorm statistics, with
