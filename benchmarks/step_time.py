@@ -322,16 +322,12 @@ def main(argv):
 def pass_functions(training, state, batch):
   """Jitted (forward of the method's objectives, gradient of their sum) on `batch`, and the number of
   objectives: the pieces of a `combine` method's step (one forward, one backward per objective)."""
-  from mlb_jax.balancing.method import LossInputs, multiloss_objectives
-  model, method = training.model, training.method
+  from mlb_jax import steps
   key = jax.random.key(0)
 
   def total(params):
-    variables = {'params': params, 'batch_stats': state.batch_stats}
-    out, _ = model.apply(variables, batch, train=True, detach_unimodal=method.unimodal_heads == 'probe',
-                         rngs={'dropout': key}, mutable=['batch_stats'])
-    inputs = LossInputs(model, variables, batch, out, batch['label'], state.step, key, training.loss_weights)
-    objectives = method.loss(inputs, state.method_state)[0] if method.loss else multiloss_objectives(inputs)[0]
+    objectives, _ = steps.method_objectives(params, state, batch, model=training.model, method=training.method,
+                                            loss_weights=training.loss_weights, dropout_rng=key, method_rng=key)
     return sum(objectives.values()), len(objectives)
 
   count = total(state.params)[1]

@@ -490,11 +490,12 @@ def prerequisite_states(exps: Sequence[Experiment], workdirs: Sequence[str], all
       progress({**event, 'runs': [f'{name} {r}' for r in event['runs']]} if 'runs' in event else event)
 
     train_and_evaluate_many(configs, dirs, allow_changed=allow_changed, progress=named)
-    for s, (c, d, e) in enumerate(zip(configs, dirs, exps)):
-      exp = build_lib.build(c, dataset=e.dataset)
+    # the runs differ only in seed and data: one build gives every run's restore template
+    template = initial_state([build_lib.build(configs[0], dataset=exps[0].dataset)])
+    for s, d in enumerate(dirs):
       mngr = checkpointing.manager(d, checkpointing.BEST)
       try:
-        out[s][name], _, _ = checkpointing.restore_latest(mngr, initial_state([exp]))
+        out[s][name], _, _ = checkpointing.restore_latest(mngr, template)
       finally:
         mngr.close()
   return out

@@ -52,6 +52,23 @@ def _default_loss(inputs: LossInputs, state):
   return objectives, state, metrics
 
 
+def method_objectives(params, state: TrainState, batch: Mapping[str, jax.Array], *, model, method: Method,
+                      loss_weights: Mapping[str, float], dropout_rng: jax.Array, method_rng: jax.Array):
+  """The train-mode forward pass (with the method's `model_args`) and the method's objectives.
+
+  Returns:
+    (objectives {name: []}, (output, new batch_stats, method_state, loss metrics)).
+  """
+  loss = method.loss or _default_loss
+  model_args = method.model_args(state.method_state) if method.model_args is not None else {}
+  variables = {'params': params, 'batch_stats': state.batch_stats}
+  out, new_vars = model.apply(variables, batch, train=True, detach_unimodal=method.unimodal_heads == 'probe',
+                              rngs={'dropout': dropout_rng}, mutable=['batch_stats'], **model_args)
+  inputs = LossInputs(model, variables, batch, out, batch['label'], state.step, method_rng, loss_weights)
+  objectives, method_state, loss_metrics = loss(inputs, state.method_state)
+  return objectives, (out, new_vars.get('batch_stats', {}), method_state, loss_metrics)
+
+
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model, tx, method: Method,
                loss_weights: Mapping[str, float],
                skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -73,17 +90,11 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model, tx, 
   labels = batch['label']
   step_rng = jax.random.fold_in(state.rng, state.step)
   dropout_rng, method_rng = jax.random.split(step_rng)
-  loss = method.loss or _default_loss
-  model_args = method.model_args(state.method_state) if method.model_args is not None else {}
 
   def loss_fn(params, with_objectives=False):
-    variables = {'params': params, 'batch_stats': state.batch_stats}
-    out, new_vars = model.apply(variables, batch, train=True, detach_unimodal=method.unimodal_heads == 'probe',
-                                rngs={'dropout': dropout_rng}, mutable=['batch_stats'], **model_args)
-    inputs = LossInputs(model, variables, batch, out, labels, state.step, method_rng, loss_weights)
-    objectives, method_state, loss_metrics = loss(inputs, state.method_state)
+    objectives, aux = method_objectives(params, state, batch, model=model, method=method, loss_weights=loss_weights,
+                                        dropout_rng=dropout_rng, method_rng=method_rng)
     total = sum(objectives.values())
-    aux = (out, new_vars.get('batch_stats', {}), method_state, loss_metrics)
     return total, (*aux, objectives) if with_objectives else aux
 
   if method.combine is None:  # one backward pass of the sum

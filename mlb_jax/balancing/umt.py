@@ -89,11 +89,10 @@ def make_umt(modalities: tuple[str, ...], cfg, ctx: MethodContext) -> Method:
     missing = [TEACHER + m for m in modalities if TEACHER + m not in states]
     if missing:
       raise ValueError(f'UMT needs the teacher runs {missing}')
+    # teacher m contributes its own encoder m (and its statistics) to the slot
     teachers = {m: teacher_variables({'params': states[TEACHER + m].params,
-                                      'batch_stats': states[TEACHER + m].batch_stats}, (m,))
-                for m in modalities}
-    slot = {'params': {m: teachers[m]['params'][m] for m in modalities},
-            'batch_stats': {m: teachers[m]['batch_stats'][m] for m in modalities if m in teachers[m]['batch_stats']}}
+                                      'batch_stats': states[TEACHER + m].batch_stats}, (m,)) for m in modalities}
+    slot = {part: {m: v for t in teachers.values() for m, v in t[part].items()} for part in ('params', 'batch_stats')}
     if jax.tree.structure(slot) != jax.tree.structure(train_state.method_state):
       raise ValueError('the UMT teachers do not have the encoders of this model; were they trained with '
                        'another model config?')
